@@ -1,0 +1,24 @@
+"""Process settings from the environment (the twelve-factor part of the config)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = "sqlite:///trigger-email.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    smtp_url: str = "smtp://127.0.0.1:1025"
+    secret_key: str = Field(default="", repr=False)
+    trigger_email_config: str | None = None
+    log_level: str = "INFO"
+    smtp_timeout: float = 30.0
+    send_max_attempts: int = 8
+    """SMTP 4xx / connection errors are retried this many times with exponential backoff."""
+    sending_stuck_after: float = 300.0
+    """A message left in `sending` longer than this (seconds) is marked `unknown`, never resent."""
+    outbox_max_attempts: int = 8
+    dev: bool = False

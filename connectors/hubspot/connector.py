@@ -1,0 +1,225 @@
+"""The HubSpot connector: signed webhooks in, contacts fetched, engagement written back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+import urllib3
+
+from config import Config, Settings
+from config.schema import HubSpotConfig
+from connectors.base import Connector, ContactInfo, InboundRequest, WebhookRejected, register
+from connectors.hubspot import activities as hs_activities
+from connectors.hubspot.client import (
+    REQUEST_TIMEOUT,
+    HubSpotApiError,
+    build_client,
+    error_message,
+    retry_after,
+    status_of,
+)
+from connectors.hubspot.payloads import load_json, parse_payload, portal_ids
+from connectors.hubspot.signatures import verify_signature
+from core.activities import Activity, InboundEvent, PushResult
+from core.clock import Clock
+
+log = logging.getLogger(__name__)
+
+CONTACT_PROPERTIES = ("email", "firstname", "lastname")
+"""Fetched alongside the NPI property: the address (when the config uses it) and a name."""
+
+_CACHE_LIMIT = 10_000
+
+
+@register
+class HubSpotConnector(Connector):
+    name = "hubspot"
+    batch_size = hs_activities.MAX_INPUTS
+
+    def __init__(self, config: Config, settings: Settings, clock: Clock):
+        super().__init__(config, settings, clock)
+        if config.crm.hubspot is None:
+            raise ValueError("crm.hubspot is not configured")
+        self.hubspot: HubSpotConfig = config.crm.hubspot
+        self._client: Any = None
+        self._apis: dict[str, Any] = {}
+        self._contacts: dict[str, tuple[datetime, dict[str, Any]]] = {}
+
+    # inbound
+
+    def verify(self, request: InboundRequest) -> None:
+        """401 unless HubSpot signed the request with our client secret; 403 when it comes
+        from another HubSpot account than `crm.hubspot.portal_id`."""
+        verify_signature(request, self.hubspot.client_secret, self.clock.now())
+        self._check_portal(_lenient_json(request.body))
+
+    def parse(self, request: InboundRequest) -> list[InboundEvent]:
+        """400 for a malformed body; the portal is checked again so a caller that skipped
+        `verify` still cannot store another account's events."""
+        data = load_json(request.body)
+        self._check_portal(data)
+        return parse_payload(data, request.body, now=self.clock.now())
+
+    def _check_portal(self, data: Any) -> None:
+        expected = self.hubspot.portal_id
+        if expected is None or data is None:
+            return
+        others = portal_ids(data) - {expected}
+        if others:
+            raise WebhookRejected(403, f"portal {sorted(others)[0]} is not the configured crm.hubspot.portal_id {expected}")
+
+    # contacts
+
+    async def contact_for(self, event: InboundEvent) -> ContactInfo:
+        """The NPI from the payload when it carries `npi_property`; otherwise (or when the
+        config wants the contact's own address and the payload lacks it) from the contact
+        record, cached for `contact_cache_ttl`. A contact HubSpot no longer has → no NPI."""
+        known = {key: value for key, value in event.fields.items() if value not in (None, "")}
+        needs_email = self.hubspot.use_contact_email and not known.get("email")
+        fields = dict(event.fields)
+        if _npi(known.get(self.hubspot.npi_property)) is None or needs_email:
+            fetched = await self._contact_properties(event.object_id)
+            if fetched is not None:
+                fields = {**fetched, **known}
+        email = fields.get("email") if self.hubspot.use_contact_email else None
+        return ContactInfo(npi=_npi(fields.get(self.hubspot.npi_property)), fields=fields, email=email or None)
+
+    async def _contact_properties(self, contact_id: str) -> dict[str, Any] | None:
+        now = self.clock.now()
+        cached = self._contacts.get(contact_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        properties = await asyncio.to_thread(self._fetch_contact, contact_id)
+        if properties is not None:
+            if len(self._contacts) >= _CACHE_LIMIT:
+                self._contacts = {key: entry for key, entry in self._contacts.items() if entry[0] > now}
+            self._contacts[contact_id] = (now + self.hubspot.contact_cache_ttl, properties)
+        return properties
+
+    def _fetch_contact(self, contact_id: str) -> dict[str, Any] | None:
+        properties = [self.hubspot.npi_property, *CONTACT_PROPERTIES]
+        try:
+            contact = self._api("contacts").get_by_id(contact_id, properties=properties, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return None
+            error = self._api_error(exc, f"fetching contact {contact_id}")
+            if error is None:
+                raise
+            raise error from None
+        return dict(contact.properties or {})
+
+    # outbound
+
+    async def push_activities(self, batch: list[Activity]) -> list[PushResult]:
+        """Sent emails as email engagements, everything else as notes, on the contact.
+
+        A 429 stops the batch: what was not yet written waits `retry_after`. A 5xx or a
+        lost connection fails that call's items for a later retry. Per-item errors of a
+        207 dead-letter only those items."""
+        results: dict[int, PushResult] = {}
+        pushable = []
+        for activity in batch:
+            problem = hs_activities.unpushable(activity)
+            if problem:
+                results[activity.id] = PushResult(activity.id, ok=False, error=problem, permanent=True)
+            else:
+                pushable.append(activity)
+        throttled: float | None = None
+        for call in hs_activities.plan_calls(pushable):
+            if throttled is None:
+                outcome = await self._push_call(call)
+                throttled = next((result.retry_after for result in outcome if result.retry_after is not None), None)
+            else:
+                outcome = [PushResult(a.id, ok=False, error="HubSpot rate limit", retry_after=throttled) for a in call.activities]
+            results.update({result.activity_id: result for result in outcome})
+        return [results[activity.id] for activity in batch]
+
+    async def _push_call(self, call: hs_activities.BatchCall) -> list[PushResult]:
+        body = call.body(self.config.sender.from_)
+        try:
+            status, data = await asyncio.to_thread(self._create_batch, call.object_type, body)
+        except HubSpotApiError as exc:
+            log.warning("hubspot batch create %s failed: %s", call.object_type, exc)
+            return [self._failure(activity.id, exc) for activity in call.activities]
+        return hs_activities.read_batch_response(call, status, data)
+
+    def _create_batch(self, object_type: hs_activities.ObjectType, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            data, status, _headers = self._api(object_type).create_with_http_info(body, _request_timeout=REQUEST_TIMEOUT)
+        except Exception as exc:
+            error = self._api_error(exc, f"creating {object_type}")
+            if error is None:
+                raise
+            raise error from None
+        return status, data
+
+    @staticmethod
+    def _failure(activity_id: int, exc: HubSpotApiError) -> PushResult:
+        if exc.status == 429:
+            return PushResult(activity_id, ok=False, error=exc.message, retry_after=exc.retry_after)
+        # A request HubSpot validated and refused fails the same way every time; auth and
+        # server problems get fixed elsewhere, and then the same request succeeds.
+        permanent = exc.status in (400, 404, 409, 422)
+        return PushResult(activity_id, ok=False, error=str(exc), permanent=permanent)
+
+    # SDK plumbing
+
+    def _api(self, name: str) -> Any:
+        """The SDK API object for `name`, built once: each access to a discovery property
+        builds a fresh client and connection pool."""
+        api = self._apis.get(name)
+        if api is None:
+            if not self.hubspot.access_token:
+                raise HubSpotApiError(0, "crm.hubspot.access_token is not configured")
+            if self._client is None:
+                self._client = build_client(self.hubspot)
+            if name == "contacts":
+                api = self._client.crm.contacts.basic_api
+            elif name == "emails":
+                api = self._client.crm.objects.emails.batch_api
+            else:
+                api = self._client.crm.objects.notes.batch_api
+            self._apis[name] = api
+        return api
+
+    def _api_error(self, exc: BaseException, doing: str) -> HubSpotApiError | None:
+        """`exc` as a HubSpotApiError when it is an API or connection failure; None for
+        anything else (a bug, which should surface as itself)."""
+        if isinstance(exc, HubSpotApiError):
+            return exc
+        status = status_of(exc)
+        if status is None:
+            if isinstance(exc, urllib3.exceptions.HTTPError):
+                return HubSpotApiError(0, f"{doing}: {exc.__class__.__name__}")
+            return None
+        wait = retry_after(getattr(exc, "headers", None), self.clock.now()) if status == 429 else None
+        return HubSpotApiError(status, f"{doing}: {error_message(exc)}", retry_after=wait)
+
+    async def aclose(self) -> None:
+        self._contacts.clear()
+        for api in self._apis.values():
+            api_client = getattr(api, "api_client", None)
+            if api_client is not None:
+                api_client.close()
+                api_client.rest_client.pool_manager.clear()
+        self._apis.clear()
+        self._client = None
+
+
+def _npi(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _lenient_json(body: bytes) -> Any:
+    """The body for the portal check, or None when it is malformed (parse rejects it)."""
+    try:
+        return load_json(body)
+    except WebhookRejected:
+        return None

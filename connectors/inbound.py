@@ -1,0 +1,72 @@
+"""From a stored CRM event to triggers: find the record's NPI through its connector, match
+the `triggers` rules, accept one trigger per matching rule."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from connectors.base import Connector
+from core.directory import add_address
+from core.inbound import claim_event, event_from_row, finish_event
+from core.npi import npi_problem
+from core.rules import matching_rules
+from core.runtime import Runtime
+from core.triggers import accept_trigger
+
+log = logging.getLogger(__name__)
+
+
+def connectors_of(rt: Runtime) -> dict[str, Connector]:
+    return rt.extras.get("connectors", {})
+
+
+async def process_event(rt: Runtime, event_id: int) -> str | None:
+    row = await claim_event(rt, event_id)
+    if row is None:
+        return None
+    event = event_from_row(row["event"])
+    try:
+        result = await _process(rt, event)
+    except Exception as exc:  # noqa: BLE001 - recorded on the event; the CRM was already answered
+        log.exception("inbound event %s failed", event_id)
+        await finish_event(rt, event_id, "failed", f"{type(exc).__name__}: {exc}")
+        return "failed"
+    await finish_event(rt, event_id, "done", result)
+    return result
+
+
+async def _process(rt: Runtime, event: Any) -> str:
+    rules = matching_rules(rt.config, event)
+    if not rules:
+        return "no matching rule"
+    connector = connectors_of(rt).get(event.source)
+    if connector is None:
+        return f"crm.{event.source} is not configured"
+    contact = await connector.contact_for(event)
+    npi = (contact.npi or "").strip()
+    ref = {"crm": event.source, "object_type": event.object_type, "object_id": event.object_id}
+    if contact.email and not npi_problem(npi):
+        async with rt.db.begin() as connection:
+            from core.directory import get_hcp
+
+            if await get_hcp(connection, npi):
+                await add_address(connection, npi, contact.email, source=f"crm:{event.source}", now=rt.clock.now())
+    accepted = []
+    for index, rule in rules:
+        data = {**contact.fields, **event.fields, **rule.data, "event": event.event, "object_id": event.object_id}
+        if event.form_id:
+            data["form_id"] = event.form_id
+        if event.url:
+            data["url"] = event.url
+        result = await accept_trigger(
+            rt,
+            npi=npi or f"(none on {event.object_type} {event.object_id})",
+            campaign_id=rule.send,
+            data=data,
+            source=event.source,
+            source_ref=ref,
+            idempotency_key=f"{event.source}:{event.event_key}:rule{index}",
+        )
+        accepted.append(result.id)
+    return "triggers " + ", ".join(accepted)

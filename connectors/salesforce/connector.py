@@ -1,0 +1,194 @@
+"""The Salesforce connector: Outbound Messages and JSON events in, Tasks out."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any, Literal
+
+from config import Config, Settings
+from config.schema import SalesforceConfig
+from connectors.base import Connector, ContactInfo, InboundRequest, register
+from connectors.salesforce import events, soap
+from connectors.salesforce.client import SalesforceCallFailed, SalesforceClient, SalesforceLoginFailed
+from connectors.salesforce.ids import is_object_name, is_record_id
+from connectors.salesforce.tasks import COLLECTION_LIMIT, record_result, task_record
+from core.activities import Activity, InboundEvent, PushResult
+from core.clock import Clock
+
+RequestKind = Literal["soap", "events"]
+DEFAULT_RETRY_AFTER = 60.0
+_CACHE_MAX = 2048
+
+
+def request_kind(request: InboundRequest) -> RequestKind:
+    """`soap` for an Outbound Message (XML body), `events` for JSON from Flow / Apex. The
+    route answers a `soap` request with `soap_ack()` (text/xml) once the events are stored."""
+    return "soap" if soap.is_soap(request.body) else "events"
+
+
+@register
+class SalesforceConnector(Connector):
+    name = "salesforce"
+    batch_size = COLLECTION_LIMIT
+
+    def __init__(self, config: Config, settings: Settings, clock: Clock):
+        super().__init__(config, settings, clock)
+        assert config.crm.salesforce is not None, "built only when crm.salesforce is configured"
+        self.sf_config: SalesforceConfig = config.crm.salesforce
+        self.client = SalesforceClient(self.sf_config)
+        self._records: dict[tuple[str, str], tuple[datetime, dict[str, Any] | None]] = {}
+
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """(used, limit) of the org's daily API requests as of the latest response."""
+        return self.client.api_usage
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    request_kind = staticmethod(request_kind)
+
+    def verify(self, request: InboundRequest) -> None:
+        """JSON events: bearer secret or fresh HMAC signature. Outbound Messages carry no
+        signature; they are authenticated by their OrganizationId, which is in the body, so
+        the same check runs here and again in `parse` (before anything is stored)."""
+        if request_kind(request) == "soap":
+            self._outbound(request)
+        else:
+            events.verify_events_request(request.headers, request.body, self.sf_config.events_secret, self.clock.now())
+
+    def parse(self, request: InboundRequest) -> list[InboundEvent]:
+        if request_kind(request) == "events":
+            return events.parse_events(request.body, self.name)
+        message = self._outbound(request)
+        return [
+            InboundEvent(
+                source=self.name,
+                event_key=notification.id,
+                event="record_change",
+                object_type=notification.object_type,
+                object_id=notification.object_id,
+                fields=dict(notification.fields),
+                changed={key: value for key, value in notification.fields.items() if key != "Id"},
+                payload={
+                    "OrganizationId": message.organization_id,
+                    "ActionId": message.action_id,
+                    "EnterpriseUrl": message.enterprise_url,
+                    "PartnerUrl": message.partner_url,
+                    "NotificationId": notification.id,
+                    "sObject": {"type": notification.object_type, **notification.fields},
+                },
+            )
+            for notification in message.notifications
+        ]
+
+    def _outbound(self, request: InboundRequest) -> soap.OutboundMessage:
+        message = soap.parse_outbound(request.body)
+        expected = self.sf_config.organization_id
+        if not expected:
+            raise soap.rejected(403, "crm.salesforce.organization_id is not configured; outbound messages are refused")
+        if not soap.same_org(message.organization_id, expected):
+            raise soap.rejected(403, f"OrganizationId {message.organization_id} is not the configured org")
+        return message
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def contact_for(self, event: InboundEvent) -> ContactInfo:
+        """The NPI from the event when it carries the configured field, else from the record
+        (and its Email when `use_record_email`). A deleted or invisible record (404) has no NPI."""
+        npi_field = self.sf_config.npi_fields.get(event.object_type)
+        fields = dict(event.fields)
+        missing_npi = npi_field is not None and npi_field not in fields
+        missing_email = self.sf_config.use_record_email and "Email" not in fields
+        if (missing_npi or missing_email) and is_object_name(event.object_type) and is_record_id(event.object_id):
+            record = await self._record(event.object_type, event.object_id)
+            if record is None:
+                return ContactInfo(npi=None, fields=fields)
+            fields.update(record)
+        npi = _npi(fields.get(npi_field)) if npi_field else None
+        email = fields.get("Email") if self.sf_config.use_record_email else None
+        return ContactInfo(npi=npi, fields=fields, email=email or None)
+
+    async def _record(self, object_type: str, object_id: str) -> dict[str, Any] | None:
+        key = (object_type, object_id)
+        now = self.clock.now()
+        cached = self._records.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await asyncio.to_thread(self._fetch, object_type, object_id)
+        self._remember(key, record, now + self.sf_config.record_cache_ttl)
+        return record
+
+    def _fetch(self, object_type: str, object_id: str) -> dict[str, Any] | None:
+        try:
+            record = self.client.call(lambda sf, kw: getattr(sf, object_type).get(object_id, **kw))
+        except SalesforceCallFailed as failure:
+            if failure.status == 404:
+                return None
+            raise
+        return {key: value for key, value in dict(record).items() if key != "attributes"}
+
+    def _remember(self, key: tuple[str, str], record: dict[str, Any] | None, expires: datetime) -> None:
+        if len(self._records) >= _CACHE_MAX:
+            now = self.clock.now()
+            self._records = {k: v for k, v in self._records.items() if v[0] > now}
+            while len(self._records) >= _CACHE_MAX:
+                self._records.pop(next(iter(self._records)))
+        self._records[key] = (expires, record)
+
+    # -- outbound --------------------------------------------------------------------------
+
+    async def push_activities(self, batch: list[Activity]) -> list[PushResult]:
+        results: dict[int, PushResult] = {}
+        linked = []
+        for activity in batch:
+            if activity.object_id:
+                linked.append(activity)
+            else:
+                results[activity.id] = PushResult(activity.id, ok=False, error="no Salesforce record id", permanent=True)
+        for start in range(0, len(linked), COLLECTION_LIMIT):
+            chunk = linked[start : start + COLLECTION_LIMIT]
+            try:
+                chunk_results = await asyncio.to_thread(self._push_chunk, chunk)
+            except SalesforceCallFailed as failure:
+                chunk_results = [self._call_failed(activity, failure) for activity in chunk]
+                if not chunk_results[0].permanent:
+                    # Out of API budget, session or service down: the remaining chunks would
+                    # fail the same way and only spend calls.
+                    chunk_results += [self._call_failed(activity, failure) for activity in linked[start + len(chunk) :]]
+            results.update((result.activity_id, result) for result in chunk_results)
+            if len(results) == len(batch):
+                break
+        return [results[activity.id] for activity in batch]
+
+    def _push_chunk(self, chunk: list[Activity]) -> list[PushResult]:
+        payload = {"allOrNone": False, "records": [task_record(activity) for activity in chunk]}
+        response = self.client.call(lambda sf, kw: sf.restful("composite/sobjects", method="POST", json=payload, **kw))
+        if not isinstance(response, list) or len(response) != len(chunk):
+            error = f"unexpected sObject Collections response: {str(response)[:200]}"
+            return [PushResult(activity.id, ok=False, error=error) for activity in chunk]
+        return [record_result(activity, result) for activity, result in zip(chunk, response)]
+
+    @staticmethod
+    def _call_failed(activity: Activity, failure: SalesforceCallFailed) -> PushResult:
+        if failure.rate_limited:
+            retry_after = failure.retry_after or DEFAULT_RETRY_AFTER
+            return PushResult(activity.id, ok=False, error=str(failure), retry_after=retry_after)
+        # A request Salesforce calls malformed will be just as malformed next time; a refused
+        # login, an expired session, the network or a server error may all heal.
+        permanent = failure.status == 400 and not isinstance(failure, SalesforceLoginFailed)
+        return PushResult(activity.id, ok=False, error=str(failure), permanent=permanent)
+
+    async def aclose(self) -> None:
+        self._records.clear()
+        self.client.session.close()
+
+
+def _npi(value: Any) -> str | None:
+    """NPI fields are text or number fields; a number comes back as 1234567893.0."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None

@@ -1,0 +1,1 @@
+"""The trigger core: knows no CRM and no HTTP."""

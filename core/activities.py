@@ -1,0 +1,65 @@
+"""The CRM-neutral shapes that cross between core and connectors.
+
+Inbound: a connector turns a vendor payload into `InboundEvent`s. Outbound: the outbox hands
+a connector `Activity`s and gets one `PushResult` per item back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+ActivityKind = Literal["sent", "opened", "clicked", "bounced", "unsubscribed"]
+EventKind = Literal["form_submission", "page_view", "record_change", "created", "deleted", "merged"]
+
+
+@dataclass
+class InboundEvent:
+    """One CRM event, as the trigger rules see it.
+
+    `fields` holds the record's properties known from the payload (may lack the NPI);
+    `changed` the fields this event changed, with their new values (record_change only);
+    `form_id` / `url` are set for form submissions and page views.
+    """
+
+    source: str
+    event_key: str
+    event: EventKind
+    object_type: str
+    object_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    changed: dict[str, Any] = field(default_factory=dict)
+    form_id: str | None = None
+    url: str | None = None
+    occurred_at: datetime | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Activity:
+    """One engagement fact to write on a CRM record's timeline."""
+
+    id: int
+    crm: str
+    kind: ActivityKind
+    npi: str
+    campaign_id: str
+    subject: str
+    message_id: str
+    occurred_at: datetime
+    object_type: str | None = None
+    object_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PushResult:
+    """What the CRM said about one activity. `ok` removes it from the outbox; `permanent`
+    dead-letters it at once; otherwise it is retried, not before `retry_after` seconds."""
+
+    activity_id: int
+    ok: bool
+    error: str | None = None
+    permanent: bool = False
+    retry_after: float | None = None

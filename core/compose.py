@@ -1,0 +1,80 @@
+"""From a message row to the MIME message that goes on the wire: footer, unsubscribe
+headers (RFC 8058), VERP Return-Path, tracking, text part."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import parseaddr
+from html import escape
+from typing import Any
+
+from config import Campaign
+from core.mailer import OutgoingEmail
+from core.render import html_to_text
+from core.runtime import Runtime
+from core.tracking import Tokens, track_html
+
+
+def tokens_for(rt: Runtime) -> Tokens:
+    tokens = rt.extras.get("tokens")
+    if tokens is None:
+        tokens = rt.extras["tokens"] = Tokens(rt.settings.secret_key)
+    return tokens
+
+
+def _footer(rt: Runtime, unsubscribe_url: str | None) -> str:
+    sender = rt.config.sender
+    lines = []
+    if sender.postal_address:
+        lines.append(escape(sender.postal_address))
+    if unsubscribe_url:
+        lines.append(
+            f'<a href="{escape(unsubscribe_url)}" data-unsubscribe="1">Unsubscribe</a> from these emails.'
+        )
+    if not lines:
+        return ""
+    return (
+        '<div style="margin-top:24px;font-size:12px;color:#666">' + "<br>".join(lines) + "</div>"
+    )
+
+
+def _insert_footer(html: str, footer: str) -> str:
+    position = html.lower().rfind("</body>")
+    return html + footer if position < 0 else html[:position] + footer + html[position:]
+
+
+def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign, hcp: dict[str, Any]) -> tuple[OutgoingEmail, EmailMessage]:
+    config = rt.config
+    tokens = tokens_for(rt)
+    public_url = config.public_url
+    sender_address = parseaddr(config.sender.from_)[1]
+    sender_domain = sender_address.rpartition("@")[2]
+    headers: dict[str, str] = {"X-Trigger-Email-Token": tokens.bounce(message["id"])}
+    unsubscribe_url = None
+    if campaign.kind == "marketing":
+        unsubscribe_token = tokens.unsubscribe(message["id"])
+        unsubscribe_url = f"{public_url}/u/{unsubscribe_token}"
+        mailto = config.sender.unsubscribe_mailto or f"unsubscribe@{config.sender.bounce_domain or sender_domain}"
+        headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}?subject=unsubscribe-{tokens.bounce(message['id'])}>"
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    html = _insert_footer(message["html"] or "", _footer(rt, unsubscribe_url))
+    tracked = track_html(
+        html, message_id=message["id"], tokens=tokens, public_url=public_url,
+        opens=config.tracking.opens, clicks=config.tracking.clicks,
+    )
+    message["links"] = tracked.links
+    envelope_from = (
+        f"bounce+{tokens.bounce(message['id'])}@{config.sender.bounce_domain}" if config.sender.bounce_domain else sender_address
+    )
+    email = OutgoingEmail(
+        sender=config.sender.from_,
+        to=message["to_address"],
+        subject=message["subject"],
+        html=tracked.html,
+        text=html_to_text(html),
+        date=rt.clock.now(),
+        envelope_from=envelope_from,
+        reply_to=config.sender.reply_to,
+        headers=headers,
+    )
+    return email, email.to_mime()

@@ -1,0 +1,329 @@
+"""Schema and engine. SQLite for the embedded default, PostgreSQL in production; the same
+SQLAlchemy Core statements run on both."""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (which has no time zones) too."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use the clock")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+hcps = Table(
+    "hcps",
+    metadata,
+    Column("npi", String(10), primary_key=True),
+    Column("first_name", String(100), nullable=False, default=""),
+    Column("last_name", String(100), nullable=False, default=""),
+    Column("credential", String(50), nullable=False, default=""),
+    Column("specialty", String(200), nullable=False, default=""),
+    Column("state", String(2), nullable=False, default=""),
+    Column("send_seq", Integer, nullable=False, default=0),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+hcp_emails = Table(
+    "hcp_emails",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("npi", String(10), ForeignKey("hcps.npi", ondelete="CASCADE"), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("rank", Integer, nullable=False, default=0),
+    Column("source", String(32), nullable=False, default="directory"),
+    Column("status", String(16), nullable=False, default="ok"),
+    Column("status_reason", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("npi", "address"),
+    Index("ix_hcp_emails_address", "address"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)
+
+campaign_states = Table(
+    "campaign_states",
+    metadata,
+    Column("campaign_id", String(128), primary_key=True),
+    Column("paused", Boolean, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+)
+
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("npi", String(64), nullable=False),
+    Column("campaign_id", String(128), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("source", String(32), nullable=False, default="api"),
+    Column("source_ref", JSON),
+    Column("idempotency_key", String(255), unique=True),
+    Column("status", String(32), nullable=False),
+    Column("reason", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime),
+    Index("ix_triggers_status_created_at", "status", "created_at"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("trigger_id", String(40), ForeignKey("triggers.id", ondelete="CASCADE"), nullable=False),
+    Column("npi", String(10), nullable=False),
+    Column("campaign_id", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("seq", Integer, nullable=False, default=0),
+    Column("to_address", String(320)),
+    Column("subject", Text),
+    Column("html", Text),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due_at", UTCDateTime),
+    Column("claimed_at", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    Column("message_id", String(255)),
+    Column("error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    # engagement (revision 0002)
+    Column("opened_at", UTCDateTime),
+    Column("open_count", Integer, nullable=False, default=0, server_default="0"),
+    Column("machine_opens", Integer, nullable=False, default=0, server_default="0"),
+    Column("clicked_at", UTCDateTime),
+    Column("click_count", Integer, nullable=False, default=0, server_default="0"),
+    Column("bounced_at", UTCDateTime),
+    Column("bounce_reason", Text),
+    Column("unsubscribed_at", UTCDateTime),
+    Column("links", JSON),
+    Index("ix_messages_trigger_id", "trigger_id"),
+    Index("ix_messages_npi_campaign_id", "npi", "campaign_id"),
+    Index("ix_messages_npi_created_at", "npi", "created_at"),
+    Index("ix_messages_status_due_at", "status", "due_at"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("npi", String(10)),
+    Column("address", String(320)),
+    # campaign_id null: every marketing campaign; set: that campaign only (unsubscribe.scope: campaign)
+    Column("campaign_id", String(128)),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_suppressions_npi", "npi"),
+    Index("ix_suppressions_address", "address"),
+)
+
+inbound_events = Table(
+    "inbound_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("event_key", String(255), nullable=False),
+    Column("event", JSON, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("result", Text),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("processed_at", UTCDateTime),
+    UniqueConstraint("source", "event_key"),
+    Index("ix_inbound_events_status_received_at", "status", "received_at"),
+)
+
+engagement_events = Table(
+    "engagement_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(40), ForeignKey("messages.id", ondelete="CASCADE")),
+    Column("npi", String(10)),
+    Column("address", String(320)),
+    Column("kind", String(24), nullable=False),
+    Column("link_index", Integer),
+    Column("url", Text),
+    Column("user_agent", Text),
+    Column("detail", Text),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Index("ix_engagement_events_message_id", "message_id"),
+    Index("ix_engagement_events_address_kind", "address", "kind"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("crm", String(32), nullable=False),
+    Column("kind", String(24), nullable=False),
+    Column("dedupe_key", String(255), nullable=False, unique=True),
+    Column("npi", String(10), nullable=False),
+    Column("campaign_id", String(128), nullable=False),
+    Column("message_id", String(40), nullable=False),
+    Column("subject", Text, nullable=False, default=""),
+    Column("object_type", String(64)),
+    Column("object_id", String(64)),
+    Column("details", JSON, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("last_error", Text),
+    Column("pushed_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+rule_firings = Table(
+    "rule_firings",
+    metadata,
+    Column("rule_key", String(255), primary_key=True),
+    Column("trigger_id", String(40)),
+    Column("fired_at", UTCDateTime, nullable=False),
+)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def async_url(url: str) -> str:
+    """Accept the URLs people write (`postgres://`, `sqlite:///file.db`) and pick async drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Database:
+    """An async engine plus the dialect quirks that matter to correctness.
+
+    On SQLite every transaction starts with `BEGIN IMMEDIATE`: writers queue on the database
+    lock (busy_timeout) instead of failing with a deadlock when a reader upgrades to a writer.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10):
+        self.url = async_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: AsyncEngine = create_async_engine(self.url, poolclass=NullPool)
+            _sqlite_pragmas(self.engine)
+        else:
+            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as connection:
+            yield connection
+
+    async def ping(self) -> None:
+        from sqlalchemy import text
+
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_ignore(connection: AsyncConnection, table: Table, *, conflict: list[str]) -> Any:
+    """An INSERT that skips rows whose `conflict` key exists (dedupe without a race)."""
+    return _dialect_insert(connection, table).on_conflict_do_nothing(index_elements=conflict)
+
+
+def upsert(connection: AsyncConnection, table: Table, *, conflict: list[str], update: list[str]) -> Any:
+    """An INSERT … ON CONFLICT DO UPDATE of the `update` columns, on SQLite and PostgreSQL."""
+    statement = _dialect_insert(connection, table)
+    return statement.on_conflict_do_update(
+        index_elements=conflict, set_={name: getattr(statement.excluded, name) for name in update}
+    )
+
+
+def _dialect_insert(connection: AsyncConnection, table: Table) -> Any:
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)

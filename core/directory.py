@@ -1,0 +1,198 @@
+"""The HCP directory: who the HCPs are and at which addresses they can be reached.
+
+Import streams the CSV in batches and upserts, so a re-import is safe and a million rows
+never sit in memory at once. An address that bounced keeps its status across re-imports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sqlalchemy import case, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.db import Database, hcp_emails, hcps, upsert
+from core.npi import npi_problem
+
+COLUMNS = ["npi", "first_name", "last_name", "credential", "specialty", "state", "email"]
+REQUIRED = {"npi", "email"}
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+SOURCE_PRIORITY = {"directory": 0}
+"""Lower is more trusted; any other source (a CRM's own field) ranks after the directory."""
+
+
+def email_problem(address: str) -> str | None:
+    if len(address) > 254 or not _EMAIL.match(address):
+        return f"invalid email address {address!r}"
+    return None
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    hcps: int = 0
+    emails: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
+class DirectoryFileError(Exception):
+    """The file as a whole is unusable (no header, missing columns)."""
+
+
+@dataclass
+class _Row:
+    line: int
+    values: dict[str, str]
+
+
+def _read_rows(handle: io.TextIOBase, report: ImportReport) -> Iterator[_Row]:
+    reader = csv.DictReader(handle)
+    header = [name.strip().lower() for name in (reader.fieldnames or [])]
+    if not header:
+        raise DirectoryFileError("the file is empty; expected a header row: " + ",".join(COLUMNS))
+    missing = REQUIRED - set(header)
+    if missing:
+        raise DirectoryFileError(
+            f"the header row lacks {', '.join(sorted(missing))}; expected columns: {','.join(COLUMNS)}"
+        )
+    reader.fieldnames = header
+    for values in reader:
+        report.rows += 1
+        yield _Row(line=reader.line_num, values={key: (value or "").strip() for key, value in values.items() if key})
+
+
+def _validate(row: _Row) -> str | None:
+    problem = npi_problem(row.values.get("npi", ""))
+    if problem:
+        return problem
+    address = row.values.get("email", "")
+    if address:
+        problem = email_problem(address)
+        if problem:
+            return problem
+    state = row.values.get("state", "")
+    if state and not re.fullmatch(r"[A-Za-z]{2}", state):
+        return f"state must be a 2-letter code, got {state!r}"
+    return None
+
+
+async def import_csv(
+    db: Database,
+    path: str | Path,
+    *,
+    now: datetime,
+    batch_size: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Upsert the CSV at `path`; `progress(bytes_read)` is called once a batch."""
+    report = ImportReport()
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        batch: list[_Row] = []
+        for row in _read_rows(handle, report):
+            problem = _validate(row)
+            if problem:
+                report.skipped.append((row.line, problem))
+                continue
+            batch.append(row)
+            if len(batch) >= batch_size:
+                await _write_batch(db, batch, now, report)
+                batch = []
+                if progress:
+                    progress(handle.buffer.tell() if hasattr(handle, "buffer") else 0)
+        if batch:
+            await _write_batch(db, batch, now, report)
+        if progress:
+            progress(Path(path).stat().st_size)
+    return report
+
+
+async def _write_batch(db: Database, batch: list[_Row], now: datetime, report: ImportReport) -> None:
+    people: dict[str, dict[str, Any]] = {}
+    addresses: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in batch:
+        values = row.values
+        npi = values["npi"]
+        people[npi] = {
+            "npi": npi,
+            "first_name": values.get("first_name", ""),
+            "last_name": values.get("last_name", ""),
+            "credential": values.get("credential", ""),
+            "specialty": values.get("specialty", ""),
+            "state": values.get("state", "").upper(),
+            "send_seq": 0,
+            "updated_at": now,
+        }
+        address = values.get("email", "").lower()
+        if address and (npi, address) not in addresses:
+            # Row order is rank order: the line number keeps it across batches for free.
+            addresses[(npi, address)] = {
+                "npi": npi, "address": address, "rank": row.line, "source": "directory", "status": "ok", "updated_at": now,
+            }
+    async with db.begin() as connection:
+        await connection.execute(
+            upsert(connection, hcps, conflict=["npi"],
+                   update=["first_name", "last_name", "credential", "specialty", "state", "updated_at"]),
+            list(people.values()),
+        )
+        if addresses:
+            await connection.execute(
+                upsert(connection, hcp_emails, conflict=["npi", "address"], update=["rank", "source", "updated_at"]),
+                list(addresses.values()),
+            )
+    report.hcps += len(people)
+    report.emails += len(addresses)
+
+
+async def get_hcp(connection: AsyncConnection, npi: str) -> dict[str, Any] | None:
+    row = (await connection.execute(select(hcps).where(hcps.c.npi == npi))).mappings().first()
+    return dict(row) if row else None
+
+
+async def deliverable_addresses(connection: AsyncConnection, npi: str) -> list[dict[str, Any]]:
+    """Addresses that may be mailed, best first: directory before other sources, then rank."""
+    priority = case(
+        *[(hcp_emails.c.source == source, weight) for source, weight in SOURCE_PRIORITY.items()], else_=10
+    )
+    rows = await connection.execute(
+        select(hcp_emails)
+        .where(hcp_emails.c.npi == npi, hcp_emails.c.status == "ok")
+        .order_by(priority, hcp_emails.c.rank, hcp_emails.c.id)
+    )
+    return [dict(row) for row in rows.mappings()]
+
+
+async def address_counts(connection: AsyncConnection, npi: str) -> dict[str, int]:
+    rows = await connection.execute(select(hcp_emails.c.status).where(hcp_emails.c.npi == npi))
+    counts: dict[str, int] = {}
+    for (status,) in rows:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+async def mark_address(
+    connection: AsyncConnection, npi: str, address: str, status: str, reason: str, now: datetime
+) -> None:
+    await connection.execute(
+        update(hcp_emails)
+        .where(hcp_emails.c.npi == npi, hcp_emails.c.address == address.lower())
+        .values(status=status, status_reason=reason, updated_at=now)
+    )
+
+
+async def add_address(
+    connection: AsyncConnection, npi: str, address: str, *, source: str, now: datetime, rank: int = 1_000_000_000
+) -> None:
+    """Add an address from another source (a CRM record) after the directory's ones; an
+    existing row keeps its status."""
+    if email_problem(address):
+        return
+    await connection.execute(
+        upsert(connection, hcp_emails, conflict=["npi", "address"], update=["updated_at"]),
+        [{"npi": npi, "address": address.lower(), "rank": rank, "source": source, "status": "ok", "updated_at": now}],
+    )

@@ -1,0 +1,156 @@
+"""SMTP delivery with aiosmtplib: MIME building, `SMTP_URL` parsing, and the classification
+of SMTP answers into what the sender does next (retry, try the next address, give up)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+
+log = logging.getLogger(__name__)
+
+_SCHEMES = {"smtp": (25, False, False), "smtp+starttls": (587, False, True), "smtps": (465, True, False)}
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    hostname: str
+    port: int
+    use_tls: bool = False
+    start_tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 30.0) -> "SmtpTarget":
+        """`smtp://host:25`, `smtp+starttls://user:pw@host:587`, `smtps://user:pw@host:465`."""
+        parts = urlsplit(url)
+        if parts.scheme not in _SCHEMES:
+            raise ValueError(f"SMTP_URL: expected smtp://, smtps:// or smtp+starttls://, got {url!r}")
+        default_port, use_tls, start_tls = _SCHEMES[parts.scheme]
+        return cls(
+            hostname=parts.hostname or "127.0.0.1",
+            port=parts.port or default_port,
+            use_tls=use_tls,
+            start_tls=start_tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            timeout=timeout,
+        )
+
+
+@dataclass
+class OutgoingEmail:
+    sender: str
+    to: str
+    subject: str
+    html: str
+    text: str
+    date: datetime
+    envelope_from: str | None = None
+    reply_to: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_mime(self) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = self.to
+        message["Subject"] = self.subject
+        message["Date"] = format_datetime(self.date)
+        domain = parseaddr(self.sender)[1].rpartition("@")[2] or None
+        message["Message-ID"] = make_msgid(domain=domain)
+        if self.reply_to:
+            message["Reply-To"] = self.reply_to
+        for name, value in self.headers.items():
+            message[name] = value
+        message.set_content(self.text)
+        message.add_alternative(self.html, subtype="html")
+        return message
+
+
+@dataclass(frozen=True)
+class DeliveryError(Exception):
+    """`recipient_rejected`: 5xx on RCPT, the address is bad (try the next one).
+    `transient`: 4xx or no connection, try again later. `permanent`: any other 5xx."""
+
+    kind: Literal["recipient_rejected", "transient", "permanent"]
+    code: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.detail}" if self.code else self.detail
+
+
+class Mailer:
+    """Sends over a small pool of kept-open SMTP connections: a new TCP + TLS + EHLO per
+    email would cost more than the email."""
+
+    def __init__(self, target: SmtpTarget, *, pool_size: int = 4):
+        self.target = target
+        self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(pool_size)
+
+    async def _client(self) -> aiosmtplib.SMTP:
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            if client.is_connected:
+                return client
+        client = aiosmtplib.SMTP(
+            hostname=self.target.hostname,
+            port=self.target.port,
+            use_tls=self.target.use_tls,
+            start_tls=self.target.start_tls,
+            username=self.target.username,
+            password=self.target.password,
+            timeout=self.target.timeout,
+        )
+        await client.connect()
+        return client
+
+    async def send(self, message: EmailMessage, *, envelope_from: str, recipient: str) -> str:
+        """Deliver `message`; returns the server's answer or raises DeliveryError."""
+        async with self._slots:
+            client: aiosmtplib.SMTP | None = None
+            try:
+                client = await self._client()
+                _errors, answer = await client.send_message(message, sender=envelope_from, recipients=[recipient])
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                refused = exc.recipients[0] if exc.recipients else None
+                code = refused.code if refused else None
+                detail = refused.message if refused else str(exc)
+                self._discard(client)
+                kind = "recipient_rejected" if code and code >= 500 else "transient"
+                raise DeliveryError(kind, code, detail) from None
+            except aiosmtplib.SMTPResponseException as exc:
+                self._discard(client)
+                kind = "transient" if 400 <= exc.code < 500 else "permanent"
+                raise DeliveryError(kind, exc.code, exc.message) from None
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                self._discard(client)
+                raise DeliveryError("transient", None, f"{type(exc).__name__}: {exc}") from None
+            self._release(client)
+            return answer
+
+    def _release(self, client: aiosmtplib.SMTP | None) -> None:
+        if client is not None and client.is_connected:
+            self._idle.put_nowait(client)
+
+    def _discard(self, client: aiosmtplib.SMTP | None) -> None:
+        if client is not None and client.is_connected:
+            client.close()
+
+    async def aclose(self) -> None:
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()

@@ -1,0 +1,189 @@
+"""The activity outbox: engagement facts waiting to be written to a CRM timeline.
+
+One row per fact (`sent`, first `opened`, `clicked` per link, `bounced`, `unsubscribed`),
+written in the same transaction as the fact itself. A pusher drains it in batches through
+whatever `ActivitySink` serves that CRM; a row leaves the pending queue only when the CRM
+accepted it, and is dead-lettered after too many failures, to be retried by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.activities import Activity, PushResult
+from core.db import insert_ignore, messages, outbox, triggers
+from core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class ActivitySink(Protocol):
+    batch_size: int
+
+    async def push_activities(self, batch: list[Activity]) -> list[PushResult]: ...
+
+
+def destination(rt: Runtime, trigger: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """Which CRM hears about this trigger's emails, and which record they go on."""
+    ref = dict(trigger["source_ref"] or {})
+    crm = ref.get("crm") or rt.config.crm.writeback
+    return crm, ref
+
+
+async def record_activity(
+    rt: Runtime,
+    connection: AsyncConnection,
+    message: Mapping[str, Any],
+    kind: str,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+    *,
+    dedupe: str | None = None,
+) -> bool:
+    """Queue one activity for the CRM the trigger came from; a repeat of the same fact is ignored."""
+    trigger = (
+        await connection.execute(select(triggers.c.source_ref).where(triggers.c.id == message["trigger_id"]))
+    ).mappings().first()
+    if trigger is None:
+        return False
+    crm, ref = destination(rt, trigger)
+    if not crm:
+        return False
+    key = f"{message['id']}:{kind}" + (f":{dedupe}" if dedupe else "")
+    result = await connection.execute(
+        insert_ignore(connection, outbox, conflict=["dedupe_key"]).values(
+            crm=crm, kind=kind, dedupe_key=key, npi=message["npi"], campaign_id=message["campaign_id"],
+            message_id=message["id"], subject=message["subject"] or "", object_type=ref.get("object_type"),
+            object_id=ref.get("object_id"), details=details or {}, occurred_at=now, status="pending",
+            attempts=0, next_attempt_at=now, created_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(15 * 2 ** max(attempts - 1, 0), 3600))
+
+
+LEASE = timedelta(minutes=5)
+"""A claimed batch is invisible to other pushers this long; a pusher that dies mid-call
+leaves it to be picked up again after the lease (the CRM may then see it twice)."""
+
+
+async def push_outbox(rt: Runtime, sinks: Mapping[str, ActivitySink], *, max_batches: int = 20) -> dict[str, int]:
+    """Push due activities; returns counts of pushed / retried / dead rows."""
+    counts = {"pushed": 0, "retried": 0, "dead": 0}
+    for crm, sink in sinks.items():
+        for _ in range(max_batches):
+            batch = await _claim_batch(rt, crm, sink.batch_size)
+            if not batch:
+                break
+            try:
+                results = await sink.push_activities(batch)
+            except Exception as exc:  # noqa: BLE001 - a connector bug must not stall the outbox
+                log.exception("push to %s failed", crm)
+                results = [PushResult(activity.id, ok=False, error=f"{type(exc).__name__}: {exc}") for activity in batch]
+            await _record_results(rt, batch, results, counts)
+            if any(result.retry_after for result in results):
+                break
+    return counts
+
+
+async def _claim_batch(rt: Runtime, crm: str, size: int) -> list[Activity]:
+    now = rt.clock.now()
+    async with rt.db.begin() as connection:
+        due = (
+            await connection.execute(
+                select(outbox.c.id)
+                .where(outbox.c.crm == crm, outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
+                .order_by(outbox.c.id)
+                .limit(size)
+            )
+        ).scalars().all()
+        if not due:
+            return []
+        claimed = (
+            await connection.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(due), outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
+                .values(next_attempt_at=now + LEASE)
+                .returning(outbox.c.id)
+            )
+        ).scalars().all()
+        rows = (
+            await connection.execute(
+                select(outbox, messages.c.open_count, messages.c.click_count, messages.c.to_address)
+                .join(messages, messages.c.id == outbox.c.message_id, isouter=True)
+                .where(outbox.c.id.in_(claimed))
+                .order_by(outbox.c.id)
+            )
+        ).mappings().all()
+    activities = []
+    for row in rows:
+        details = dict(row["details"] or {})
+        details.setdefault("to", row["to_address"])
+        if row["kind"] == "opened":
+            details["open_count"] = max(row["open_count"] or 0, 1)
+        if row["kind"] == "clicked":
+            details["click_count"] = row["click_count"] or 0
+        activities.append(
+            Activity(
+                id=row["id"], crm=row["crm"], kind=row["kind"], npi=row["npi"], campaign_id=row["campaign_id"],
+                subject=row["subject"], message_id=row["message_id"], occurred_at=row["occurred_at"],
+                object_type=row["object_type"], object_id=row["object_id"], details=details,
+            )
+        )
+    return activities
+
+
+async def _record_results(rt: Runtime, batch: list[Activity], results: list[PushResult], counts: dict[str, int]) -> None:
+    now = rt.clock.now()
+    by_id = {result.activity_id: result for result in results}
+    limit = rt.settings.outbox_max_attempts
+    async with rt.db.begin() as connection:
+        for activity in batch:
+            result = by_id.get(activity.id) or PushResult(activity.id, ok=False, error="no result from the connector")
+            if result.ok:
+                values: dict[str, Any] = {"status": "pushed", "pushed_at": now, "last_error": None}
+                counts["pushed"] += 1
+            else:
+                attempts = (
+                    await connection.execute(select(outbox.c.attempts).where(outbox.c.id == activity.id))
+                ).scalar_one() + 1
+                if result.permanent or attempts >= limit:
+                    values = {"status": "dead", "attempts": attempts, "last_error": result.error}
+                    counts["dead"] += 1
+                else:
+                    wait = max(backoff(attempts), timedelta(seconds=result.retry_after or 0))
+                    values = {"attempts": attempts, "next_attempt_at": now + wait, "last_error": result.error}
+                    counts["retried"] += 1
+            await connection.execute(update(outbox).where(outbox.c.id == activity.id).values(**values))
+
+
+async def list_outbox(rt: Runtime, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    query = select(outbox).order_by(outbox.c.id.desc()).limit(limit)
+    if status:
+        query = query.where(outbox.c.status == status)
+    async with rt.db.connect() as connection:
+        rows = (await connection.execute(query)).mappings().all()
+    return [dict(row) for row in rows]
+
+
+async def retry_dead(rt: Runtime, ids: list[int] | None = None) -> int:
+    statement = update(outbox).where(outbox.c.status == "dead")
+    if ids:
+        statement = statement.where(outbox.c.id.in_(ids))
+    async with rt.db.begin() as connection:
+        result = await connection.execute(statement.values(status="pending", attempts=0, next_attempt_at=rt.clock.now()))
+    return result.rowcount or 0
+
+
+async def outbox_counts(rt: Runtime) -> dict[str, int]:
+    async with rt.db.connect() as connection:
+        rows = await connection.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status))
+        return {status: count for status, count in rows}

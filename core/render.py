@@ -1,0 +1,73 @@
+"""Campaign rendering: subject and HTML through the config's Jinja2 sandbox, plus the plain
+text part derived from the HTML (mail clients and spam filters both expect one)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, Tag
+
+from config import Campaign
+from config.templating import render
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    html: str
+
+
+def render_campaign(
+    campaign: Campaign, hcp: Mapping[str, Any], data: Mapping[str, Any], *, resend: bool = False
+) -> Rendered:
+    context = {"hcp": dict(hcp), "data": dict(data), "campaign": campaign.model_dump(by_alias=True)}
+    subject = _one_line(render(campaign.subject, html=False, **context))
+    if resend and campaign.resend and campaign.resend.subject:
+        subject = _one_line(render(campaign.resend.subject, html=False, subject=subject, **context))
+    html = render(campaign.body, html=True, subject=subject, **context)
+    return Rendered(subject=subject, html=html)
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_BLOCKS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "blockquote", "hr"}
+
+
+def html_to_text(html: str) -> str:
+    """Readable text for the text/plain part: paragraphs kept, links as `text (url)`."""
+    soup = BeautifulSoup(html, "html.parser")
+    for hidden in soup(["script", "style", "head", "title"]):
+        hidden.decompose()
+    for image in soup.find_all("img"):
+        image.decompose()
+    parts: list[str] = []
+
+    def walk(node: Tag) -> None:
+        for child in node.children:
+            if isinstance(child, (Comment, Doctype)):
+                continue
+            if isinstance(child, NavigableString):
+                parts.append(re.sub(r"\s+", " ", str(child)))
+            elif isinstance(child, Tag):
+                if child.name in _BLOCKS:
+                    parts.append("\n\n" if child.name not in ("br", "li", "tr") else "\n")
+                if child.name == "li":
+                    parts.append("- ")
+                walk(child)
+                href = child.get("href") if child.name == "a" else None
+                if isinstance(href, str) and href.startswith(("http://", "https://")):
+                    label = child.get_text(" ", strip=True)
+                    if label != href:
+                        parts.append(f" ({href})")
+                if child.name in _BLOCKS and child.name != "br":
+                    parts.append("\n")
+
+    walk(soup)
+    text = "".join(parts)
+    lines = [line.strip() for line in text.splitlines()]
+    text = "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

@@ -1,0 +1,59 @@
+"""What a running process holds: settings, config, database, clock, queue, mailer.
+
+The web app and the worker each build one `Runtime`; every core function takes it, so there
+is one clock and one config per process and tests can swap the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq import create_pool
+
+from config import Config, Settings, load_config
+from core.clock import Clock
+from core.db import Database
+from core.mailer import Mailer, SmtpTarget
+from core.queue import JobQueue, redis_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    config: Config
+    db: Database
+    clock: Clock
+    queue: JobQueue
+    mailer: Mailer
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Adapters attach their own things here (connectors, metrics) without core naming them."""
+
+    async def aclose(self) -> None:
+        await self.mailer.aclose()
+        if self.queue.redis is not None:
+            await self.queue.redis.aclose()
+        await self.db.dispose()
+
+
+async def build_runtime(
+    settings: Settings | None = None,
+    *,
+    config: Config | None = None,
+    clock: Clock | None = None,
+    connect_redis: bool = True,
+) -> Runtime:
+    settings = settings or Settings()
+    config = config or load_config(settings.trigger_email_config)
+    redis = await create_pool(redis_settings(settings.redis_url)) if connect_redis else None
+    return Runtime(
+        settings=settings,
+        config=config,
+        db=Database(settings.database_url),
+        clock=clock or Clock(),
+        queue=JobQueue(redis),
+        mailer=Mailer(SmtpTarget.from_url(settings.smtp_url, timeout=settings.smtp_timeout)),
+    )

@@ -1,0 +1,139 @@
+"""The sweep: everything that is due in the database, picked up once a second by the
+worker's cron. The database holds the due times, so a Redis flush or a restart loses nothing.
+
+It promotes due resends (unless the HCP engaged), re-enqueues retries and lost jobs, marks
+messages stuck in `sending` as `unknown`, and lets adapters add steps (engagement triggers,
+the CRM pusher) without core knowing them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any, Awaitable, Callable
+
+from jinja2 import TemplateError
+from sqlalchemy import func, select, update
+
+from core.db import messages, triggers
+from core.decisions import pick_address
+from core.directory import get_hcp
+from core.queue import PROCESS_TRIGGER, SEND_MESSAGE
+from core.render import render_campaign
+from core.runtime import Runtime
+from core.suppression import suppression_reason
+
+log = logging.getLogger(__name__)
+
+LOST_AFTER = timedelta(seconds=10)
+"""A pending trigger or queued message this old with no job running is re-enqueued."""
+BATCH = 500
+
+
+async def engaged(rt: Runtime, trigger_id: str) -> bool:
+    """Did the HCP engage with any email of this trigger (as `tracking.engagement` defines it)?"""
+    column = messages.c.clicked_at if rt.config.tracking.engagement == "click" else messages.c.opened_at
+    async with rt.db.connect() as connection:
+        row = await connection.execute(
+            select(func.count()).where(messages.c.trigger_id == trigger_id, column.is_not(None))
+        )
+        return bool(row.scalar_one())
+
+
+async def promote_resend(rt: Runtime, message_id: str) -> str | None:
+    """Turn a due `scheduled` resend into a queued send, or cancel it; None if not due/ours."""
+    now = rt.clock.now()
+    async with rt.db.begin() as connection:
+        claimed = await connection.execute(
+            update(messages)
+            .where(messages.c.id == message_id, messages.c.status == "scheduled", messages.c.due_at <= now)
+            .values(status="promoting", claimed_at=now)
+        )
+        if claimed.rowcount != 1:
+            return None
+        message = (await connection.execute(select(messages).where(messages.c.id == message_id))).mappings().one()
+        trigger = (await connection.execute(select(triggers).where(triggers.c.id == message["trigger_id"]))).mappings().one()
+        status, values = await _resend_plan(rt, connection, message, trigger)
+        await connection.execute(update(messages).where(messages.c.id == message_id).values(status=status, **values))
+    if status == "queued":
+        await rt.queue.enqueue(SEND_MESSAGE, message_id, job_id=f"send:{message_id}:0")
+    log.info("resend %s → %s %s", message_id, status, values.get("error", ""))
+    return status
+
+
+async def _resend_plan(rt: Runtime, connection: Any, message: Any, trigger: Any) -> tuple[str, dict[str, Any]]:
+    campaign = rt.config.campaign(message["campaign_id"])
+    if campaign is None:
+        return "cancelled", {"error": "campaign no longer in the config", "due_at": None}
+    column = messages.c.clicked_at if rt.config.tracking.engagement == "click" else messages.c.opened_at
+    engaged_count = (
+        await connection.execute(select(func.count()).where(messages.c.trigger_id == trigger["id"], column.is_not(None)))
+    ).scalar_one()
+    if engaged_count:
+        return "cancelled", {"error": f"HCP engaged ({rt.config.tracking.engagement}) with an earlier email", "due_at": None}
+    reason = await suppression_reason(connection, message["npi"], campaign)
+    if reason:
+        return "cancelled", {"error": f"suppressed: {reason}", "due_at": None}
+    from core.campaigns import is_paused
+
+    if await is_paused(connection, campaign):
+        return "cancelled", {"error": f"campaign {campaign.id} is paused", "due_at": None}
+    address = await pick_address(connection, message["npi"], campaign)
+    if address is None:
+        return "cancelled", {"error": "no deliverable address left", "due_at": None}
+    hcp = await get_hcp(connection, message["npi"])
+    try:
+        rendered = render_campaign(campaign, hcp or {}, trigger["data"] or {}, resend=True)
+    except TemplateError as exc:
+        return "failed", {"error": f"template error: {exc}", "due_at": None}
+    return "queued", {"to_address": address, "subject": rendered.subject, "html": rendered.html, "due_at": None}
+
+
+SweepStep = Callable[[Runtime], Awaitable[Any]]
+
+
+async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict[str, int]:
+    """One pass over everything due. Safe to run concurrently on several workers: every
+    state change is a conditional UPDATE."""
+    now = rt.clock.now()
+    done = {"resends": 0, "retries": 0, "lost_triggers": 0, "unknown": 0}
+    async with rt.db.connect() as connection:
+        due_resends = (
+            await connection.execute(
+                select(messages.c.id).where(messages.c.status == "scheduled", messages.c.due_at <= now).limit(BATCH)
+            )
+        ).scalars().all()
+        retries = (
+            await connection.execute(
+                select(messages.c.id, messages.c.attempts).where(
+                    messages.c.status == "queued",
+                    ((messages.c.due_at.is_not(None)) & (messages.c.due_at <= now))
+                    | ((messages.c.due_at.is_(None)) & (messages.c.created_at <= now - LOST_AFTER)),
+                ).limit(BATCH)
+            )
+        ).all()
+        lost = (
+            await connection.execute(
+                select(triggers.c.id).where(triggers.c.status == "pending", triggers.c.created_at <= now - LOST_AFTER).limit(BATCH)
+            )
+        ).scalars().all()
+    for message_id in due_resends:
+        if await promote_resend(rt, message_id):
+            done["resends"] += 1
+    bucket = int(now.timestamp()) // 10
+    for message_id, attempts in retries:
+        if await rt.queue.enqueue(SEND_MESSAGE, message_id, job_id=f"send:{message_id}:{attempts}:{bucket}"):
+            done["retries"] += 1
+    for trigger_id in lost:
+        if await rt.queue.enqueue(PROCESS_TRIGGER, trigger_id, job_id=f"trigger:{trigger_id}:{bucket}"):
+            done["lost_triggers"] += 1
+    async with rt.db.begin() as connection:
+        stuck = await connection.execute(
+            update(messages)
+            .where(messages.c.status == "sending", messages.c.claimed_at <= now - timedelta(seconds=rt.settings.sending_stuck_after))
+            .values(status="unknown", error="worker stopped while sending; not resent automatically")
+        )
+        done["unknown"] = stuck.rowcount or 0
+    for step in extra_steps or []:
+        await step(rt)
+    return done

@@ -1,0 +1,99 @@
+"""Who must not be mailed: unsubscribes, complaints and manual blocks, by NPI or by address."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from config import Campaign
+from core.db import hcp_emails, suppressions
+
+MARKETING_ONLY = {"unsubscribed"}
+"""Reasons that stop marketing mail but not transactional mail (an unsubscribe from
+newsletters does not cancel a requested sample confirmation)."""
+
+
+async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:
+    addresses = select(hcp_emails.c.address).where(hcp_emails.c.npi == npi).scalar_subquery()
+    query = (
+        select(suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
+        .where(
+            or_(suppressions.c.npi == npi, suppressions.c.address.in_(addresses)),
+            or_(suppressions.c.campaign_id.is_(None), suppressions.c.campaign_id == campaign.id),
+        )
+        .order_by(suppressions.c.created_at)
+    )
+    for reason, address, campaign_id, created_at in await connection.execute(query):
+        if campaign.kind == "transactional" and reason in MARKETING_ONLY:
+            continue
+        if address is not None:
+            # An address-level block stops only that address, unless it is the HCP's last one.
+            continue
+        scope = f" from {campaign_id}" if campaign_id else ""
+        return f"{reason}{scope} since {created_at:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
+async def suppressed_addresses(connection: AsyncConnection, npi: str, campaign: Campaign) -> set[str]:
+    addresses = select(hcp_emails.c.address).where(hcp_emails.c.npi == npi).scalar_subquery()
+    rows = await connection.execute(
+        select(suppressions.c.address, suppressions.c.reason).where(
+            suppressions.c.address.in_(addresses),
+            or_(suppressions.c.campaign_id.is_(None), suppressions.c.campaign_id == campaign.id),
+        )
+    )
+    return {
+        address for address, reason in rows
+        if not (campaign.kind == "transactional" and reason in MARKETING_ONLY)
+    }
+
+
+async def add_suppression(
+    connection: AsyncConnection,
+    *,
+    reason: str,
+    now: datetime,
+    npi: str | None = None,
+    address: str | None = None,
+    campaign_id: str | None = None,
+    detail: str | None = None,
+) -> int:
+    existing = (
+        await connection.execute(
+            select(suppressions.c.id).where(
+                suppressions.c.npi.is_(None) if npi is None else suppressions.c.npi == npi,
+                suppressions.c.address.is_(None) if address is None else suppressions.c.address == address.lower(),
+                suppressions.c.campaign_id.is_(None) if campaign_id is None else suppressions.c.campaign_id == campaign_id,
+                suppressions.c.reason == reason,
+            )
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    result = await connection.execute(
+        suppressions.insert().values(
+            npi=npi, address=address.lower() if address else None, campaign_id=campaign_id,
+            reason=reason, detail=detail, created_at=now,
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+async def remove_suppressions(connection: AsyncConnection, *, npi: str | None = None, address: str | None = None) -> int:
+    conditions = []
+    if npi:
+        conditions.append(suppressions.c.npi == npi)
+    if address:
+        conditions.append(suppressions.c.address == address.lower())
+    if not conditions:
+        return 0
+    result = await connection.execute(delete(suppressions).where(and_(*conditions)))
+    return result.rowcount or 0
+
+
+async def list_suppressions(connection: AsyncConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
+    rows = await connection.execute(select(suppressions).order_by(suppressions.c.created_at.desc()).limit(limit))
+    return [dict(row) for row in rows.mappings()]

@@ -1,0 +1,123 @@
+"""Accepting triggers (API, CLI, CRM events) and showing what became of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from core.db import messages, new_id, triggers
+from core.queue import PROCESS_TRIGGER
+from core.runtime import Runtime
+
+OUTCOMES = (
+    "invalid_npi",
+    "unknown_campaign",
+    "campaign_paused",
+    "unknown_hcp",
+    "not_in_audience",
+    "suppressed",
+    "cooldown",
+    "frequency_cap",
+    "no_deliverable_email",
+    "sent",
+    "failed",
+)
+IN_FLIGHT = ("pending", "queued")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    status: str
+    created: bool
+
+
+async def accept_trigger(
+    rt: Runtime,
+    *,
+    npi: str,
+    campaign_id: str,
+    data: dict[str, Any] | None = None,
+    source: str = "api",
+    source_ref: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Accepted:
+    """Store a trigger, then enqueue its decision. The row is committed before this returns,
+    so a 202 means the trigger survives any crash; the same idempotency key returns the
+    first trigger and does nothing again."""
+    trigger_id = new_id("trg")
+    row = {
+        "id": trigger_id,
+        "npi": npi,
+        "campaign_id": campaign_id,
+        "data": data or {},
+        "source": source,
+        "source_ref": source_ref,
+        "idempotency_key": idempotency_key,
+        "status": "pending",
+        "created_at": rt.clock.now(),
+    }
+    try:
+        async with rt.db.begin() as connection:
+            await connection.execute(triggers.insert().values(**row))
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        async with rt.db.connect() as connection:
+            existing = (
+                await connection.execute(
+                    select(triggers.c.id, triggers.c.status).where(triggers.c.idempotency_key == idempotency_key)
+                )
+            ).first()
+        if existing is None:
+            raise
+        return Accepted(id=existing.id, status=existing.status, created=False)
+    await rt.queue.enqueue(PROCESS_TRIGGER, trigger_id, job_id=f"trigger:{trigger_id}")
+    return Accepted(id=trigger_id, status="pending", created=True)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
+    async with rt.db.connect() as connection:
+        row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
+        if row is None:
+            return None
+        message_rows = (
+            await connection.execute(
+                select(messages).where(messages.c.trigger_id == trigger_id).order_by(messages.c.seq, messages.c.created_at)
+            )
+        ).mappings().all()
+    return {
+        "id": row["id"],
+        "npi": row["npi"],
+        "campaign_id": row["campaign_id"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "source": row["source"],
+        "data": row["data"],
+        "created_at": _iso(row["created_at"]),
+        "decided_at": _iso(row["decided_at"]),
+        "messages": [message_view(message) for message in message_rows],
+    }
+
+
+def message_view(message: Any) -> dict[str, Any]:
+    return {
+        "id": message["id"],
+        "to": message["to_address"],
+        "subject": message["subject"],
+        "status": message["status"],
+        "kind": message["kind"],
+        "sent_at": _iso(message["sent_at"]),
+        "due_at": _iso(message["due_at"]) if message["status"] in ("scheduled", "queued") else None,
+        "attempts": message["attempts"],
+        "error": message["error"],
+        "message_id": message["message_id"],
+    }

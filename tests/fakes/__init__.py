@@ -1,0 +1,1 @@
+"""In-process fakes of the services the app talks to, written to their documented contracts."""

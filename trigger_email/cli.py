@@ -1,0 +1,361 @@
+"""The `trigger-email` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Coroutine, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from config import ConfigError, Settings, load_config
+
+app = typer.Typer(
+    help="Trigger NPI-targeted emails from HubSpot, Salesforce and your own systems.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+config_app = typer.Typer(help="Check the YAML config.", no_args_is_help=True)
+directory_app = typer.Typer(help="The HCP directory.", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys for /v1.", no_args_is_help=True)
+campaign_app = typer.Typer(help="Pause and resume campaigns.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+suppress_app = typer.Typer(help="The suppression list.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(directory_app, name="directory")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(db_app, name="db")
+app.add_typer(suppress_app, name="suppress")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _config(path: str | None = None):  # type: ignore[no-untyped-def]
+    try:
+        return load_config(path or _settings().trigger_email_config)
+    except ConfigError as error:
+        err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
+        for problem in error.problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+
+
+async def _runtime(*, redis: bool = False):  # type: ignore[no-untyped-def]
+    from core.runtime import build_runtime
+
+    settings = _settings()
+    return await build_runtime(settings, config=_config(settings.trigger_email_config), connect_redis=redis)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@config_app.command("check")
+def config_check(file: Optional[Path] = typer.Argument(None, help="The config file (default: $TRIGGER_EMAIL_CONFIG or the example).")) -> None:
+    """Validate a config file: every error with its path, exit 1; or a summary, exit 0."""
+    config = _config(str(file) if file else None)
+    crms = [name for name in ("hubspot", "salesforce", "webhook") if getattr(config.crm, name) is not None]
+    out.print(
+        f"OK: {len(config.campaigns)} campaign(s), {len(config.triggers)} trigger rule(s), "
+        f"CRM: {', '.join(crms) or 'none'}",
+        highlight=False,
+    )
+    for campaign in config.campaigns:
+        resend = f", resend after {campaign.resend.after} ×{campaign.resend.max}" if campaign.resend else ""
+        out.print(f"  {campaign.id} ({campaign.kind}): cooldown {campaign.cooldown}{resend}", highlight=False, markup=False)
+
+
+@directory_app.command("import")
+def directory_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with a header row: npi,first_name,last_name,credential,specialty,state,email")) -> None:
+    """Upsert HCPs and their addresses from a CSV; bad rows are reported by line and skipped."""
+    from core.clock import Clock
+    from core.db import Database
+    from core.directory import DirectoryFileError, import_csv
+
+    async def go() -> Any:
+        db = Database(_settings().database_url)
+        size = file.stat().st_size
+        with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err) as progress:
+            task = progress.add_task("import", total=size)
+            try:
+                return await import_csv(db, file, now=Clock().now(), progress=lambda done: progress.update(task, completed=done))
+            finally:
+                await db.dispose()
+
+    try:
+        report = run(go())
+    except DirectoryFileError as error:
+        err.print(f"[red]{file}[/red]: {error}", highlight=False)
+        raise typer.Exit(1) from None
+    for line, problem in report.skipped[:200]:
+        err.print(f"line {line}: {problem} (skipped)", highlight=False, markup=False)
+    if len(report.skipped) > 200:
+        err.print(f"… and {len(report.skipped) - 200} more skipped rows", highlight=False)
+    out.print(f"Imported {report.hcps} HCP row(s) and {report.emails} address(es) from {report.rows} row(s); skipped {len(report.skipped)}.", highlight=False)
+
+
+@apikey_app.command("create")
+def apikey_create(name: str = typer.Argument(..., help="Who uses the key, e.g. 'crm-relay'.")) -> None:
+    """Create an API key and print it (it is stored hashed and cannot be shown again)."""
+    from core.apikeys import create_key
+    from core.clock import Clock
+    from core.db import Database
+
+    async def go() -> str:
+        db = Database(_settings().database_url)
+        try:
+            return await create_key(db, name, Clock().now())
+        finally:
+            await db.dispose()
+
+    key = run(go())
+    print(key)
+
+
+@app.command("trigger")
+def trigger(
+    npi: str = typer.Option(..., "--npi", help="The HCP's 10-digit NPI."),
+    campaign: str = typer.Option(..., "--campaign", help="The campaign id."),
+    data: str = typer.Option("{}", "--data", help="Template data as a JSON object."),
+) -> None:
+    """Trigger a campaign email, as POST /v1/triggers does."""
+    from core.npi import npi_problem
+    from core.triggers import accept_trigger
+
+    problem = npi_problem(npi)
+    if problem:
+        err.print(f"--npi: {problem}", highlight=False)
+        raise typer.Exit(2)
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        err.print(f"--data: not valid JSON: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not isinstance(payload, dict):
+        err.print("--data: must be a JSON object", highlight=False)
+        raise typer.Exit(2)
+
+    async def go() -> Any:
+        rt = await _runtime(redis=True)
+        try:
+            if rt.config.campaign(campaign) is None:
+                err.print(f"--campaign: unknown campaign {campaign!r}", highlight=False)
+                raise typer.Exit(2)
+            return await accept_trigger(rt, npi=npi, campaign_id=campaign, data=payload, source="cli")
+        finally:
+            await rt.aclose()
+
+    accepted = run(go())
+    print(json.dumps({"id": accepted.id, "status": accepted.status}))
+
+
+def _campaign_state(campaign_id: str, paused: bool) -> None:
+    from core.campaigns import set_paused
+
+    async def go() -> None:
+        rt = await _runtime()
+        try:
+            if rt.config.campaign(campaign_id) is None:
+                err.print(f"unknown campaign {campaign_id!r}", highlight=False)
+                raise typer.Exit(1)
+            async with rt.db.begin() as connection:
+                await set_paused(connection, campaign_id, paused, rt.clock.now())
+        finally:
+            await rt.aclose()
+
+    run(go())
+    print(f"campaign {campaign_id} {'paused' if paused else 'resumed'}")
+
+
+@campaign_app.command("pause")
+def campaign_pause(campaign_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """Pause a campaign: new triggers end as campaign_paused, resends are held back."""
+    _campaign_state(campaign_id, True)
+
+
+@campaign_app.command("resume")
+def campaign_resume(campaign_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """Resume a paused campaign."""
+    _campaign_state(campaign_id, False)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema (DATABASE_URL) to the latest revision, keeping all rows."""
+    from core.db import Database
+    from core.schema import upgrade
+
+    async def go() -> tuple[str | None, str | None]:
+        db = Database(_settings().database_url)
+        try:
+            return await upgrade(db)
+        finally:
+            await db.dispose()
+
+    before, after = run(go())
+    print(f"database at revision {after}" + (f" (was {before})" if before != after else " (already current)"))
+
+
+@suppress_app.command("add")
+def suppress_add(
+    target: str = typer.Argument(..., help="An NPI or an email address."),
+    reason: str = typer.Option("manual", "--reason"),
+) -> None:
+    """Stop all marketing email to an NPI or an address."""
+    _suppress(target, reason, remove=False)
+
+
+@suppress_app.command("remove")
+def suppress_remove(target: str = typer.Argument(..., help="An NPI or an email address.")) -> None:
+    """Lift the suppressions of an NPI or an address."""
+    _suppress(target, None, remove=True)
+
+
+def _suppress(target: str, reason: str | None, *, remove: bool) -> None:
+    from core.directory import email_problem
+    from core.npi import npi_problem
+    from core.suppression import add_suppression, remove_suppressions
+
+    is_address = "@" in target
+    problem = email_problem(target) if is_address else npi_problem(target)
+    if problem:
+        err.print(f"target: {problem}", highlight=False)
+        raise typer.Exit(2)
+    kwargs = {"address": target} if is_address else {"npi": target}
+
+    async def go() -> int:
+        rt = await _runtime()
+        try:
+            async with rt.db.begin() as connection:
+                if remove:
+                    return await remove_suppressions(connection, **kwargs)
+                return await add_suppression(connection, reason=reason or "manual", now=rt.clock.now(), **kwargs)
+        finally:
+            await rt.aclose()
+
+    result = run(go())
+    print(f"removed {result} suppression(s) for {target}" if remove else f"suppressed {target} ({reason})")
+
+
+@suppress_app.command("list")
+def suppress_list() -> None:
+    """Show the suppression list."""
+    from core.suppression import list_suppressions
+
+    async def go() -> list[dict[str, Any]]:
+        rt = await _runtime()
+        try:
+            async with rt.db.connect() as connection:
+                return await list_suppressions(connection)
+        finally:
+            await rt.aclose()
+
+    rows = run(go())
+    table = Table("npi", "email", "campaign", "reason", "since")
+    for row in rows:
+        table.add_row(row["npi"] or "", row["address"] or "", row["campaign_id"] or "(all)", row["reason"], f"{row['created_at']:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@app.command("serve")
+def serve(
+    host: str = typer.Option("0.0.0.0", "--host"),
+    port: int = typer.Option(8000, "--port"),
+) -> None:
+    """Run the HTTP service (webhooks, trigger API, tracking) with uvicorn."""
+    import uvicorn
+
+    from webhooks.app import create_app
+
+    settings = _settings()
+    _config(settings.trigger_email_config)
+    _logging(settings.log_level)
+    uvicorn.run(create_app(), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True)
+
+
+@app.command("worker")
+def worker() -> None:
+    """Run an arq worker: decisions, sends, CRM events, the due-work sweep and the CRM pusher."""
+    from arq.worker import run_worker
+
+    from workers.settings import WorkerSettings
+
+    settings = _settings()
+    _config(settings.trigger_email_config)
+    _logging(settings.log_level)
+    run_worker(WorkerSettings)  # type: ignore[arg-type]
+
+
+@app.command("bounces")
+def bounces(
+    host: str = typer.Option("0.0.0.0", "--host"),
+    port: int = typer.Option(2525, "--port"),
+) -> None:
+    """Receive bounce reports (RFC 3464) and complaints (RFC 5965) over SMTP."""
+    from core.bounce_listener import start_bounce_listener
+
+    settings = _settings()
+    _logging(settings.log_level)
+
+    async def go() -> None:
+        rt = await _runtime(redis=True)
+        server = await start_bounce_listener(rt, host, port)
+        out.print(f"Listening for bounces on smtp://{host}:{port}", highlight=False)
+        try:
+            await server.serve_forever()
+        finally:
+            server.close()
+            await rt.aclose()
+
+    try:
+        run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("dev")
+def dev(
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    data_dir: Path = typer.Option(Path("trigger-email-data"), "--data-dir", help="Where the SQLite database, Redis and captured mail live."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config file (default: the shipped example)."),
+    directory: Optional[Path] = typer.Option(None, "--directory", help="HCP directory CSV (default: a generated demo of 1,000 HCPs)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+) -> None:
+    """Everything in one process: web + worker, SQLite, embedded Redis, a local SMTP capture."""
+    from trigger_email.dev import run_dev
+
+    try:
+        run(run_dev(port=port, data_dir=data_dir, config_path=config, directory=directory, host=host))
+    except KeyboardInterrupt:
+        pass
+    except ConfigError as error:
+        err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
+        for problem in error.problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="trigger-email")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

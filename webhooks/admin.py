@@ -1,0 +1,103 @@
+"""Admin API: the suppression list and the CRM activity outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from core.directory import email_problem
+from core.npi import npi_problem
+from core.outbox import list_outbox, outbox_counts, retry_dead
+from core.suppression import add_suppression, list_suppressions, remove_suppressions
+from webhooks.common import HTTPProblem, api_key_required, read_json, runtime
+
+
+def _json(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value for key, value in row.items()}
+
+
+def _target(body: Any) -> tuple[str | None, str | None]:
+    if not isinstance(body, dict):
+        raise HTTPProblem(422, "body must be a JSON object", "body")
+    npi, address = body.get("npi"), body.get("email")
+    if not npi and not address:
+        raise HTTPProblem(422, "give npi or email", "npi")
+    if npi and npi_problem(npi):
+        raise HTTPProblem(422, npi_problem(npi) or "", "npi")
+    if address and (not isinstance(address, str) or email_problem(address)):
+        raise HTTPProblem(422, f"invalid email address {address!r}", "email")
+    return npi, address
+
+
+@api_key_required
+async def suppressions(request: Request) -> Response:
+    """
+    summary: The suppression list (GET lists, POST adds {npi|email, reason}, DELETE removes {npi|email})
+    responses:
+      200: {description: "{suppressions: [...]} or {removed}"}
+      201: {description: "{id}"}
+      422: {description: Invalid field}
+    """
+    rt = runtime(request)
+    if request.method == "GET":
+        async with rt.db.connect() as connection:
+            rows = await list_suppressions(connection)
+        return JSONResponse({"suppressions": [_json(row) for row in rows]})
+    if request.method == "DELETE" and not request.headers.get("content-length") and request.query_params:
+        body: Any = dict(request.query_params)
+    else:
+        body = await read_json(request)
+    npi, address = _target(body)
+    async with rt.db.begin() as connection:
+        if request.method == "DELETE":
+            removed = await remove_suppressions(connection, npi=npi, address=address)
+            return JSONResponse({"removed": removed})
+        reason = body.get("reason") or "manual"
+        if not isinstance(reason, str) or len(reason) > 32:
+            raise HTTPProblem(422, "reason must be a short string", "reason")
+        suppression_id = await add_suppression(
+            connection, reason=reason, now=rt.clock.now(), npi=npi, address=address,
+            campaign_id=body.get("campaign_id"), detail=body.get("detail"),
+        )
+    return JSONResponse({"id": suppression_id, "npi": npi, "email": address, "reason": reason}, status_code=201)
+
+
+@api_key_required
+async def outbox(request: Request) -> Response:
+    """
+    summary: CRM activity outbox rows (?status=pending|pushed|dead)
+    responses:
+      200: {description: "{counts, items}"}
+    """
+    rt = runtime(request)
+    status = request.query_params.get("status")
+    if status not in (None, "pending", "pushed", "dead"):
+        raise HTTPProblem(422, "status must be pending, pushed or dead", "status")
+    rows = await list_outbox(rt, status=status)
+    return JSONResponse({"counts": await outbox_counts(rt), "items": [_json(row) for row in rows]})
+
+
+@api_key_required
+async def outbox_retry(request: Request) -> Response:
+    """
+    summary: Put dead-lettered outbox rows back in the queue (body {ids: [...]} optional; none = all)
+    responses:
+      200: {description: "{retried}"}
+    """
+    rt = runtime(request)
+    body = await read_json(request) if (await request.body()) else {}
+    ids = body.get("ids") if isinstance(body, dict) else None
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
+        raise HTTPProblem(422, "ids must be a list of integers", "ids")
+    return JSONResponse({"retried": await retry_dead(rt, ids)})
+
+
+routes = [
+    Route("/v1/suppressions", suppressions, methods=["GET", "POST", "DELETE"]),
+    Route("/v1/outbox", outbox, methods=["GET"]),
+    Route("/v1/outbox/retry", outbox_retry, methods=["POST"]),
+]

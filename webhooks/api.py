@@ -1,0 +1,202 @@
+"""The trigger API: `/v1/triggers` and `/v1/campaigns`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from core.campaigns import describe, is_paused, paused_ids, set_paused
+from core.db import messages, triggers
+from core.npi import npi_problem
+from core.triggers import accept_trigger, trigger_view
+from webhooks.common import HTTPProblem, api_key_required, problem, read_json, runtime
+
+
+def validate_trigger(body: Any, config: Any) -> tuple[str, str, dict[str, Any]]:
+    """The checks that make a trigger worth storing; each failure names its field."""
+    if not isinstance(body, dict):
+        raise HTTPProblem(422, "body must be a JSON object", "body")
+    npi = body.get("npi")
+    if npi is None:
+        raise HTTPProblem(422, "npi is required", "npi")
+    issue = npi_problem(npi)
+    if issue:
+        raise HTTPProblem(422, issue, "npi")
+    campaign_id = body.get("campaign_id")
+    if not isinstance(campaign_id, str) or not campaign_id:
+        raise HTTPProblem(422, "campaign_id is required (a string)", "campaign_id")
+    if config.campaign(campaign_id) is None:
+        raise HTTPProblem(422, f"unknown campaign_id {campaign_id!r}", "campaign_id")
+    data = body.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HTTPProblem(422, "data must be a JSON object", "data")
+    unknown = set(body) - {"npi", "campaign_id", "data"}
+    if unknown:
+        raise HTTPProblem(422, f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
+    return npi, campaign_id, data
+
+
+@api_key_required
+async def create_trigger(request: Request) -> Response:
+    """
+    summary: Trigger a campaign email to one HCP
+    description: Stored before the answer; decided and sent by a worker. Same Idempotency-Key, same trigger.
+    parameters:
+      - {in: header, name: Idempotency-Key, required: false, schema: {type: string, maxLength: 200}}
+    requestBody:
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [npi, campaign_id]
+            properties:
+              npi: {type: string, pattern: "^[0-9]{10}$"}
+              campaign_id: {type: string}
+              data: {type: object}
+    responses:
+      202: {description: "Accepted: {id, status}"}
+      401: {description: Missing or wrong API key}
+      413: {description: Body over 64 KiB}
+      422: {description: "Invalid field: {error, field}"}
+    """
+    rt = runtime(request)
+    body = await read_json(request)
+    npi, campaign_id, data = validate_trigger(body, rt.config)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= 200):
+        raise HTTPProblem(422, "Idempotency-Key must be 1 to 200 characters", "Idempotency-Key")
+    scoped = f"api:{request.state.api_key['id']}:{key}" if key else None
+    accepted = await accept_trigger(rt, npi=npi, campaign_id=campaign_id, data=data, source="api", idempotency_key=scoped)
+    return JSONResponse({"id": accepted.id, "status": accepted.status}, status_code=202)
+
+
+@api_key_required
+async def get_trigger(request: Request) -> Response:
+    """
+    summary: A trigger's outcome, reason and messages
+    responses:
+      200: {description: "{id, npi, campaign_id, status, reason, created_at, decided_at, messages}"}
+      404: {description: No such trigger}
+    """
+    view = await trigger_view(runtime(request), request.path_params["trigger_id"])
+    if view is None:
+        return problem(404, "no such trigger")
+    return JSONResponse(view)
+
+
+@api_key_required
+async def list_campaigns(request: Request) -> Response:
+    """
+    summary: Campaigns from the config with their live / paused state
+    responses:
+      200: {description: "{campaigns: [...]}"}
+    """
+    rt = runtime(request)
+    async with rt.db.connect() as connection:
+        paused = await paused_ids(connection, rt.config)
+    return JSONResponse({"campaigns": [describe(c, c.id in paused) for c in rt.config.campaigns]})
+
+
+async def campaign_stats_of(rt: Any, campaign_id: str) -> dict[str, Any]:
+    async with rt.db.connect() as connection:
+        outcomes = dict(
+            (await connection.execute(
+                select(triggers.c.status, func.count()).where(triggers.c.campaign_id == campaign_id).group_by(triggers.c.status)
+            )).all()
+        )
+        deliveries = dict(
+            (await connection.execute(
+                select(messages.c.status, func.count()).where(messages.c.campaign_id == campaign_id).group_by(messages.c.status)
+            )).all()
+        )
+        engagement = (
+            await connection.execute(
+                select(
+                    func.count(messages.c.opened_at), func.coalesce(func.sum(messages.c.open_count), 0),
+                    func.coalesce(func.sum(messages.c.machine_opens), 0), func.count(messages.c.clicked_at),
+                    func.coalesce(func.sum(messages.c.click_count), 0), func.count(messages.c.bounced_at),
+                    func.count(messages.c.unsubscribed_at),
+                ).where(messages.c.campaign_id == campaign_id)
+            )
+        ).one()
+    sent = deliveries.get("sent", 0)
+    return {
+        "campaign_id": campaign_id,
+        "triggers": sum(outcomes.values()),
+        "outcomes": outcomes,
+        "messages": deliveries,
+        "sent": sent,
+        "opened": engagement[0],
+        "opens": int(engagement[1]),
+        "machine_opens": int(engagement[2]),
+        "clicked": engagement[3],
+        "clicks": int(engagement[4]),
+        "bounced": engagement[5],
+        "unsubscribed": engagement[6],
+        "open_rate": round(engagement[0] / sent, 4) if sent else 0.0,
+        "click_rate": round(engagement[3] / sent, 4) if sent else 0.0,
+    }
+
+
+@api_key_required
+async def campaign_stats(request: Request) -> Response:
+    """
+    summary: Outcomes, deliveries and engagement of one campaign
+    responses:
+      200: {description: Counts and rates}
+      404: {description: No such campaign}
+    """
+    rt = runtime(request)
+    campaign_id = request.path_params["campaign_id"]
+    if rt.config.campaign(campaign_id) is None:
+        return problem(404, f"no campaign {campaign_id!r}")
+    return JSONResponse(await campaign_stats_of(rt, campaign_id))
+
+
+async def _set_state(request: Request, paused: bool) -> Response:
+    rt = runtime(request)
+    campaign = rt.config.campaign(request.path_params["campaign_id"])
+    if campaign is None:
+        return problem(404, f"no campaign {request.path_params['campaign_id']!r}")
+    async with rt.db.begin() as connection:
+        await set_paused(connection, campaign.id, paused, rt.clock.now())
+        now_paused = await is_paused(connection, campaign)
+    return JSONResponse(describe(campaign, now_paused))
+
+
+@api_key_required
+async def pause_campaign(request: Request) -> Response:
+    """
+    summary: Pause a campaign; its triggers end as campaign_paused and its resends are held back
+    responses:
+      200: {description: The campaign}
+      404: {description: No such campaign}
+    """
+    return await _set_state(request, True)
+
+
+@api_key_required
+async def resume_campaign(request: Request) -> Response:
+    """
+    summary: Resume a paused campaign
+    responses:
+      200: {description: The campaign}
+      404: {description: No such campaign}
+    """
+    return await _set_state(request, False)
+
+
+routes = [
+    Route("/v1/triggers", create_trigger, methods=["POST"]),
+    Route("/v1/triggers/{trigger_id}", get_trigger, methods=["GET"]),
+    Route("/v1/campaigns", list_campaigns, methods=["GET"]),
+    Route("/v1/campaigns/{campaign_id}/stats", campaign_stats, methods=["GET"]),
+    Route("/v1/campaigns/{campaign_id}/pause", pause_campaign, methods=["POST"]),
+    Route("/v1/campaigns/{campaign_id}/resume", resume_campaign, methods=["POST"]),
+]

@@ -1,0 +1,48 @@
+"""The Starlette application: every HTTP route of trigger-email."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from core.runtime import Runtime
+from webhooks import api, dev, health
+
+
+def all_routes(*, dev_routes: bool) -> list[BaseRoute]:
+    from webhooks import crm, tracking, admin
+
+    routes: list[BaseRoute] = [*health.routes, *api.routes, *admin.routes, *tracking.routes, *crm.routes]
+    if dev_routes:
+        routes += dev.routes
+    return routes
+
+
+def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starlette:
+    """With `rt`, serve that runtime (dev mode, tests); without, build one from the
+    environment at startup and close it at shutdown (`trigger-email serve`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if rt is not None:
+            yield
+            return
+        from config import Settings
+        from core.runtime import build_runtime
+        from webhooks.crm import attach_connectors
+
+        built = await build_runtime(Settings())
+        attach_connectors(built)
+        app.state.runtime = built
+        try:
+            yield
+        finally:
+            await built.aclose()
+
+    app = Starlette(routes=all_routes(dev_routes=dev_routes), lifespan=lifespan)
+    if rt is not None:
+        app.state.runtime = rt
+    return app

@@ -1,0 +1,74 @@
+"""arq `WorkerSettings` for `trigger-email worker`, and the same pieces for `dev`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq import cron
+from arq.worker import Worker
+
+from config import Settings
+from core.runtime import Runtime, build_runtime
+from core.queue import redis_settings
+from workers import jobs
+
+FUNCTIONS = [jobs.process_trigger, jobs.send_message, jobs.process_inbound]
+EVERY_SECOND = set(range(60))
+CRON_JOBS = [
+    cron(jobs.sweep, second=EVERY_SECOND, unique=True, run_at_startup=True, timeout=60),
+    cron(jobs.push_activities, second=set(range(0, 60, 2)), unique=True, timeout=120),
+]
+JOB_TIMEOUT = 60
+"""Short on purpose: arq re-runs a job whose worker died once timeout + 10 s pass, and a send
+job re-checks the message state before sending, so a short timeout bounds the gap."""
+
+
+def attach_adapters(rt: Runtime) -> None:
+    """Give the runtime its connectors and extra sweep steps (core does not know them)."""
+    from connectors.base import build_connectors
+    from core.engagement import sweep_steps
+
+    rt.extras.setdefault("connectors", build_connectors(rt.config, rt.settings, rt.clock))
+    rt.extras.setdefault("sweep_steps", sweep_steps())
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    if "runtime" not in ctx:
+        rt = await build_runtime(Settings(), connect_redis=True)
+        attach_adapters(rt)
+        ctx["runtime"] = rt
+        ctx["owns_runtime"] = True
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("owns_runtime"):
+        await ctx["runtime"].aclose()
+
+
+class WorkerSettings:
+    functions = FUNCTIONS
+    cron_jobs = CRON_JOBS
+    on_startup = startup
+    on_shutdown = shutdown
+    job_timeout = JOB_TIMEOUT
+    max_tries = 5
+    keep_result = 3600
+    redis_settings = redis_settings(Settings().redis_url)
+
+
+def make_worker(rt: Runtime, *, burst: bool = False, handle_signals: bool = True, **options: Any) -> Worker:
+    """A worker that shares `rt` (dev mode and tests run it in the web process's loop)."""
+    attach_adapters(rt)
+    return Worker(
+        functions=FUNCTIONS,
+        cron_jobs=[] if burst else CRON_JOBS,
+        redis_pool=rt.queue.redis,
+        ctx={"runtime": rt},
+        burst=burst,
+        handle_signals=handle_signals,
+        job_timeout=JOB_TIMEOUT,
+        max_tries=5,
+        keep_result=3600,
+        poll_delay=0.05 if burst else 0.25,
+        **options,
+    )
