@@ -13,9 +13,11 @@ from webhooks import api, dev, health
 
 
 def all_routes(*, dev_routes: bool) -> list[BaseRoute]:
-    from webhooks import crm, tracking, admin
+    from webhooks import admin, hubspot, salesforce, tracking
 
-    routes: list[BaseRoute] = [*health.routes, *api.routes, *admin.routes, *tracking.routes, *crm.routes]
+    routes: list[BaseRoute] = [
+        *health.routes, *api.routes, *admin.routes, *tracking.routes, *hubspot.routes, *salesforce.routes,
+    ]
     if dev_routes:
         routes += dev.routes
     return routes

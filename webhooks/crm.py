@@ -1,4 +1,4 @@
-"""CRM webhook routes. Each is the same three steps over a connector: verify, parse, store;
+"""What every CRM webhook route shares: verify, parse, store through the CRM's connector;
 the answer goes out only after the events are committed."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from connectors.base import Connector, InboundRequest, WebhookRejected, build_connectors
 from core.inbound import store_events
@@ -64,52 +63,3 @@ async def receive(request: Request, name: str) -> tuple[Response | None, int, in
     WEBHOOKS.labels(name, "stored").inc(new)
     WEBHOOKS.labels(name, "duplicate").inc(duplicates)
     return None, new, duplicates
-
-
-async def hubspot(request: Request) -> Response:
-    """
-    summary: HubSpot webhooks (Webhooks API batches and workflow "Send a webhook" actions)
-    description: Signed with X-HubSpot-Signature-v3 (or v1/v2). Stored before the 200; redeliveries are acknowledged and ignored.
-    responses:
-      200: {description: "{received, duplicates}"}
-      400: {description: Malformed body}
-      401: {description: Missing, wrong or stale signature}
-      403: {description: Another portal}
-    """
-    error, new, duplicates = await receive(request, "hubspot")
-    return error or JSONResponse({"received": new, "duplicates": duplicates})
-
-
-async def salesforce_outbound(request: Request) -> Response:
-    """
-    summary: Salesforce Outbound Messages (SOAP); answers the notificationsResponse Ack
-    responses:
-      200: {description: SOAP Ack true}
-      400: {description: SOAP fault, malformed or unsafe XML}
-      403: {description: SOAP fault, another organization}
-    """
-    error, _new, _duplicates = await receive(request, "salesforce")
-    if error is not None:
-        return error
-    from connectors.salesforce import soap_ack
-
-    return Response(soap_ack(), media_type="text/xml")
-
-
-async def salesforce_events(request: Request) -> Response:
-    """
-    summary: JSON events from Salesforce Flow HTTP callouts, Apex or Platform Event relays
-    responses:
-      200: {description: "{received, duplicates}"}
-      400: {description: Malformed body}
-      401: {description: Neither the bearer secret nor a valid HMAC signature}
-    """
-    error, new, duplicates = await receive(request, "salesforce")
-    return error or JSONResponse({"received": new, "duplicates": duplicates})
-
-
-routes = [
-    Route("/webhooks/hubspot", hubspot, methods=["POST"]),
-    Route("/webhooks/salesforce/outbound", salesforce_outbound, methods=["POST"]),
-    Route("/webhooks/salesforce/events", salesforce_events, methods=["POST"]),
-]
