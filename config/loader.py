@@ -16,6 +16,7 @@ import yaml
 from jinja2 import TemplateError
 from pydantic import ValidationError
 
+from config.durations import parse_duration
 from config.schema import Config
 from config.templating import SAMPLE_HCP, render
 
@@ -99,32 +100,56 @@ def _pydantic_problems(error: ValidationError) -> list[ConfigProblem]:
     return problems
 
 
-def _cross_check(config: Config, base: Path, problems: list[ConfigProblem]) -> None:
+def _raw_references(raw: dict[str, Any], problems: list[ConfigProblem]) -> None:
+    """Checks between sections, on the raw tree, so they are reported together with any
+    schema errors instead of only after those are fixed."""
+    campaigns = raw.get("campaigns") if isinstance(raw.get("campaigns"), list) else []
+    ids: list[str] = [c.get("id") for c in campaigns if isinstance(c, dict) and isinstance(c.get("id"), str)]
     seen: set[str] = set()
-    for index, campaign in enumerate(config.campaigns):
-        here = f"campaigns[{index}]"
-        if campaign.id in seen:
-            problems.append(ConfigProblem(f"{here}.id", f"duplicate campaign id {campaign.id!r}"))
-        seen.add(campaign.id)
-        if campaign.template is not None:
-            path = (base / campaign.template).resolve()
+    for index, campaign_id in enumerate(ids):
+        if campaign_id in seen:
+            problems.append(ConfigProblem(f"campaigns[{index}].id", f"duplicate campaign id {campaign_id!r}"))
+        seen.add(campaign_id)
+    rules = raw.get("triggers") if isinstance(raw.get("triggers"), list) else []
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, dict):
+            continue
+        send = rule.get("send")
+        if isinstance(send, str) and send not in seen:
+            problems.append(ConfigProblem(f"triggers[{index}].send", f"unknown campaign {send!r}"))
+        where = rule.get("where") if isinstance(rule.get("where"), dict) else {}
+        if rule.get("from") == "email" and "campaign" in where and where["campaign"] not in seen:
+            problems.append(ConfigProblem(f"triggers[{index}].where.campaign", f"unknown campaign {where['campaign']!r}"))
+        if rule.get("from") == "email" and rule.get("on") == "no_engagement":
             try:
-                campaign.html = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                problems.append(ConfigProblem(f"{here}.template", f"cannot read {path}: {exc.strerror or exc}"))
+                parse_duration(where.get("after"))
+            except ValueError as exc:
+                problems.append(ConfigProblem(f"triggers[{index}].where.after", str(exc)))
+        crm = raw.get("crm") if isinstance(raw.get("crm"), dict) else {}
+        if rule.get("from") in ("hubspot", "salesforce") and not crm.get(rule["from"]):
+            problems.append(ConfigProblem(f"triggers[{index}].from", f"crm.{rule['from']} is not configured"))
+
+
+def _read_templates(raw: dict[str, Any], base: Path, problems: list[ConfigProblem]) -> None:
+    """Replace each campaign's `template:` path by the file's text (`html_source`)."""
+    campaigns = raw.get("campaigns") if isinstance(raw.get("campaigns"), list) else []
+    for index, campaign in enumerate(campaigns):
+        if not isinstance(campaign, dict) or not isinstance(campaign.get("template"), str):
+            continue
+        path = (base / campaign["template"]).resolve()
+        try:
+            campaign["_template_text"] = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(ConfigProblem(f"campaigns[{index}].template", f"cannot read {path}: {exc.strerror or exc}"))
+
+
+def _cross_check(config: Config, texts: dict[int, str], problems: list[ConfigProblem]) -> None:
+    for index, campaign in enumerate(config.campaigns):
+        if campaign.template is not None:
+            if index not in texts:
                 continue
+            campaign.html = texts[index]
         _check_renders(config, index, problems)
-    ids = {campaign.id for campaign in config.campaigns}
-    for index, rule in enumerate(config.triggers):
-        if rule.send not in ids:
-            problems.append(ConfigProblem(f"triggers[{index}].send", f"unknown campaign {rule.send!r}"))
-        campaign_ref = rule.where.get("campaign") if rule.from_ == "email" else None
-        if campaign_ref is not None and campaign_ref not in ids:
-            problems.append(ConfigProblem(f"triggers[{index}].where.campaign", f"unknown campaign {campaign_ref!r}"))
-        if rule.from_ == "email" and rule.on == "no_engagement" and "after" not in rule.where:
-            problems.append(ConfigProblem(f"triggers[{index}].where.after", "required for on: no_engagement (a duration like 7d)"))
-        if rule.from_ in ("hubspot", "salesforce") and getattr(config.crm, rule.from_) is None:
-            problems.append(ConfigProblem(f"triggers[{index}].from", f"crm.{rule.from_} is not configured"))
     if config.crm.writeback and getattr(config.crm, config.crm.writeback, None) is None:
         problems.append(ConfigProblem("crm.writeback", f"crm.{config.crm.writeback} is not configured"))
 
@@ -163,11 +188,18 @@ def parse_config(text: str, *, base: Path, source: str = "<config>", env: Mappin
         raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
     problems: list[ConfigProblem] = []
     raw = _substitute(raw, [], env, problems)
+    _raw_references(raw, problems)
+    _read_templates(raw, base, problems)
+    texts = {
+        index: campaign.pop("_template_text")
+        for index, campaign in enumerate(raw.get("campaigns") or [])
+        if isinstance(campaign, dict) and "_template_text" in campaign
+    }
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, problems + _pydantic_problems(exc)) from None
-    _cross_check(config, base, problems)
+    _cross_check(config, texts, problems)
     if problems:
         raise ConfigError(source, problems)
     return config

@@ -34,7 +34,12 @@ _MACHINE_AGENTS = re.compile(
     r"trendmicro|forcepoint|fireeye|cisco|ironport|safelinks|linkscanner|headless|python-requests|go-http-client)",
     re.IGNORECASE,
 )
-_APPLE_MPP = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+_APPLE_MPP = {
+    # The Mail Privacy Protection proxy fetches with a bare "Mozilla/5.0"; Apple Mail's own
+    # prefetch announces WebKit without the Safari/Version part a browser would add.
+    "Mozilla/5.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+}
 SOFT_BOUNCES_FOR_HARD = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
 
@@ -44,7 +49,7 @@ def is_machine(rt: Runtime, user_agent: str | None, sent_at: datetime | None, no
     security gateways announce themselves; and anything within seconds of delivery is a
     prefetch, not a reader."""
     agent = (user_agent or "").strip()
-    if not agent or agent == _APPLE_MPP or _MACHINE_AGENTS.search(agent):
+    if not agent or agent in _APPLE_MPP or _MACHINE_AGENTS.search(agent):
         return True
     return sent_at is not None and now - sent_at < rt.config.tracking.machine_open_window
 

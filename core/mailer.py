@@ -7,6 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Literal
@@ -15,6 +16,10 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 
 log = logging.getLogger(__name__)
+
+HEADER_POLICY = policy.SMTP.clone(max_line_length=998)
+"""Python folds a long Subject right after `Subject:`, which some clients show with a
+leading space; RFC 5322 allows 998 characters a line, so fold only beyond that."""
 
 _SCHEMES = {"smtp": (25, False, False), "smtp+starttls": (587, False, True), "smtps": (465, True, False)}
 
@@ -60,7 +65,7 @@ class OutgoingEmail:
     headers: dict[str, str] = field(default_factory=dict)
 
     def to_mime(self) -> EmailMessage:
-        message = EmailMessage()
+        message = EmailMessage(policy=HEADER_POLICY)
         message["From"] = self.sender
         message["To"] = self.to
         message["Subject"] = self.subject
@@ -121,7 +126,7 @@ class Mailer:
             client: aiosmtplib.SMTP | None = None
             try:
                 client = await self._client()
-                _errors, answer = await client.send_message(message, sender=envelope_from, recipients=[recipient])
+                _errors, answer = await client.sendmail(envelope_from, [recipient], message.as_bytes(policy=HEADER_POLICY))
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 refused = exc.recipients[0] if exc.recipients else None
                 code = refused.code if refused else None

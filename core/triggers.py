@@ -109,6 +109,9 @@ async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
 
 
 def message_view(message: Any) -> dict[str, Any]:
+    """One message as the API shows it, with what the HCP did with it: human opens apart from
+    machine opens (privacy proxies, scanners), clicks, and whether it bounced or led to an
+    unsubscribe."""
     return {
         "id": message["id"],
         "to": message["to_address"],
@@ -120,4 +123,13 @@ def message_view(message: Any) -> dict[str, Any]:
         "attempts": message["attempts"],
         "error": message["error"],
         "message_id": message["message_id"],
+        "opened_at": _iso(message["opened_at"]),
+        "open_count": message["open_count"] or 0,
+        "machine_opens": message["machine_opens"] or 0,
+        "clicked_at": _iso(message["clicked_at"]),
+        "clicks": message["click_count"] or 0,
+        "links": list(message["links"] or []),
+        "bounced": message["bounced_at"] is not None,
+        "bounce_reason": message["bounce_reason"],
+        "unsubscribed": message["unsubscribed_at"] is not None,
     }

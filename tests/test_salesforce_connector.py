@@ -118,11 +118,62 @@ def test_registered_and_built_for_crm_salesforce() -> None:
     assert SalesforceConnector.name == "salesforce" and SalesforceConnector.batch_size == 200
 
 
-def test_request_kind_tells_soap_from_json() -> None:
-    assert request_kind(request(fixture("outbound_contact.xml"))) == "soap"
-    assert request_kind(request(b"\xef\xbb\xbf\n  <?xml version='1.0'?><x/>")) == "soap"
-    assert request_kind(request(fixture("flow_record_change.json"), path="events")) == "events"
-    assert make_connector().request_kind(request(b"[]")) == "events"
+def test_request_kind_is_decided_by_the_route() -> None:
+    assert request_kind(request(b"[]")) == "soap"
+    assert request_kind(request(fixture("outbound_contact.xml"), path="events")) == "events"
+    assert request_kind(request(b"<x/>", path="outbound/?retry=1")) == "soap"
+
+
+def test_request_kind_elsewhere_goes_by_the_body() -> None:
+    assert request_kind(request(fixture("outbound_contact.xml"), path="other")) == "soap"
+    assert request_kind(request(b"\xef\xbb\xbf\n  <?xml version='1.0'?><x/>", path="other")) == "soap"
+    assert request_kind(request(fixture("flow_record_change.json"), path="other")) == "events"
+    assert make_connector().request_kind(request(b"[]", path="other")) == "events"
+    assert request_kind(request(b"<x/>", {"content-type": "application/json"}, path="other")) == "events"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b'{"object": "Contact"}', {}),
+        (b"[]", {"content-type": "text/plain"}),
+        (b"<x/>", {"content-type": "application/json; charset=utf-8"}),
+    ],
+)
+def test_json_at_the_outbound_route_is_a_415_fault(body: bytes, headers: dict[str, str]) -> None:
+    failure = rejection(make_connector(), request(body, headers))
+    assert failure.status == 415 and failure.media_type == "text/xml"
+    assert failure.body and "Fault" in failure.body and "/webhooks/salesforce/events" in failure.body
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (fixture("outbound_contact.xml"), {"authorization": f"Bearer {SECRET}"}),
+        (fixture("flow_record_change.json"), {"content-type": "text/xml", "authorization": f"Bearer {SECRET}"}),
+    ],
+)
+def test_xml_at_the_events_route_is_415_before_authentication(body: bytes, headers: dict[str, str]) -> None:
+    connector = make_connector()
+    for credentials in (headers, {k: v for k, v in headers.items() if k != "authorization"}):
+        failure = rejection(connector, request(body, credentials, "events"))
+        assert failure.status == 415 and failure.body is None
+        assert "/webhooks/salesforce/outbound" in failure.reason
+
+
+def test_outbound_message_is_parsed_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.salesforce import soap
+
+    parsed: list[bytes] = []
+    original = soap.parse_outbound
+    monkeypatch.setattr(soap, "parse_outbound", lambda body: parsed.append(body) or original(body))
+    connector = make_connector()
+    body = fixture("outbound_contact.xml")
+    for _ in range(2):
+        req = request(bytes(body))
+        connector.verify(req)
+        assert len(connector.parse(req)) == 1
+    assert len(parsed) == 2
 
 
 # -- outbound messages -----------------------------------------------------------------------

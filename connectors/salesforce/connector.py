@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from config import Config, Settings
 from config.schema import SalesforceConfig
-from connectors.base import Connector, ContactInfo, InboundRequest, register
+from connectors.base import Connector, ContactInfo, InboundRequest, WebhookRejected, register
 from connectors.salesforce import events, soap
 from connectors.salesforce.client import SalesforceCallFailed, SalesforceClient, SalesforceLoginFailed
 from connectors.salesforce.ids import is_object_name, is_record_id
@@ -21,10 +22,55 @@ DEFAULT_RETRY_AFTER = 60.0
 _CACHE_MAX = 2048
 
 
+ROUTE_KINDS: dict[str, RequestKind] = {"/webhooks/salesforce/outbound": "soap", "/webhooks/salesforce/events": "events"}
+"""Each route takes one kind of body. Deciding by the body would let an XML body posted to
+the events route skip the bearer / HMAC check (Outbound Messages carry no secret) and a JSON
+body posted to the outbound route be answered with an Ack for something Salesforce never sent."""
+_JSON_MEDIA = ("application/json",)
+_XML_MEDIA = ("text/xml", "application/xml", "application/soap+xml")
+
+
 def request_kind(request: InboundRequest) -> RequestKind:
-    """`soap` for an Outbound Message (XML body), `events` for JSON from Flow / Apex. The
-    route answers a `soap` request with `soap_ack()` (text/xml) once the events are stored."""
-    return "soap" if soap.is_soap(request.body) else "events"
+    """`soap` for an Outbound Message, `events` for JSON from Flow / Apex. The route called
+    decides; a request to any other path (a direct call, a test) goes by its body. The route
+    answers a `soap` request with `soap_ack()` (text/xml) once the events are stored."""
+    path = urlsplit(request.public_url).path.rstrip("/")
+    for route, kind in ROUTE_KINDS.items():
+        if path.endswith(route):
+            return kind
+    return _body_kind(request) or "events"
+
+
+def _body_kind(request: InboundRequest) -> RequestKind | None:
+    """What the request says it carries: its Content-Type, else the body's first character.
+    None when it says neither (an empty body), which the parser then refuses as malformed."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type in _JSON_MEDIA or media_type.endswith("+json"):
+        return "events"
+    if media_type in _XML_MEDIA or media_type.endswith("+xml"):
+        return "soap"
+    first = request.body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if first == b"<":
+        return "soap"
+    if first in (b"{", b"["):
+        return "events"
+    return None
+
+
+def _check_media(request: InboundRequest, kind: RequestKind) -> None:
+    """Refuse with 415 a body of the other kind, before any authentication or parsing."""
+    carried = _body_kind(request)
+    if carried is None or carried == kind:
+        return
+    if kind == "soap":
+        raise soap.rejected(
+            415, "this endpoint takes Salesforce Outbound Messages (SOAP, text/xml); "
+            "send JSON events to /webhooks/salesforce/events"
+        )
+    raise WebhookRejected(
+        415, "this endpoint takes JSON events (application/json); "
+        "Outbound Messages go to /webhooks/salesforce/outbound"
+    )
 
 
 @register
@@ -38,6 +84,7 @@ class SalesforceConnector(Connector):
         self.sf_config: SalesforceConfig = config.crm.salesforce
         self.client = SalesforceClient(self.sf_config)
         self._records: dict[tuple[str, str], tuple[datetime, dict[str, Any] | None]] = {}
+        self._last_outbound: tuple[bytes, soap.OutboundMessage] | None = None
 
     @property
     def api_usage(self) -> tuple[int, int] | None:
@@ -51,14 +98,19 @@ class SalesforceConnector(Connector):
     def verify(self, request: InboundRequest) -> None:
         """JSON events: bearer secret or fresh HMAC signature. Outbound Messages carry no
         signature; they are authenticated by their OrganizationId, which is in the body, so
-        the same check runs here and again in `parse` (before anything is stored)."""
-        if request_kind(request) == "soap":
+        the same check runs here and again in `parse` (before anything is stored). A body of
+        the other kind is refused first (415)."""
+        kind = request_kind(request)
+        _check_media(request, kind)
+        if kind == "soap":
             self._outbound(request)
         else:
             events.verify_events_request(request.headers, request.body, self.sf_config.events_secret, self.clock.now())
 
     def parse(self, request: InboundRequest) -> list[InboundEvent]:
-        if request_kind(request) == "events":
+        kind = request_kind(request)
+        _check_media(request, kind)
+        if kind == "events":
             return events.parse_events(request.body, self.name)
         message = self._outbound(request)
         return [
@@ -83,7 +135,15 @@ class SalesforceConnector(Connector):
         ]
 
     def _outbound(self, request: InboundRequest) -> soap.OutboundMessage:
-        message = soap.parse_outbound(request.body)
+        """Parse and check the org. `verify` and `parse` run back to back on the same request,
+        so the message parsed by the first is kept (keyed by the identity of the body) and not
+        parsed again by the second: up to 100 notifications is most of a request's work."""
+        last = self._last_outbound
+        if last is not None and last[0] is request.body:
+            message = last[1]
+        else:
+            message = soap.parse_outbound(request.body)
+            self._last_outbound = (request.body, message)
         expected = self.sf_config.organization_id
         if not expected:
             raise soap.rejected(403, "crm.salesforce.organization_id is not configured; outbound messages are refused")
@@ -181,6 +241,7 @@ class SalesforceConnector(Connector):
 
     async def aclose(self) -> None:
         self._records.clear()
+        self._last_outbound = None
         self.client.session.close()
 
 

@@ -1,0 +1,131 @@
+"""Delivery over real SMTP: bounces fall back to the next address, 4xx is retried with
+backoff, resends follow `resend.after` up to `max`, SMTP URLs with TLS and auth."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from core.mailer import Mailer, OutgoingEmail, SmtpTarget
+from tests.harness import JANE, Harness, SmtpSink, free_port
+
+
+async def test_5xx_on_rcpt_marks_the_address_and_tries_the_next(harness: Harness) -> None:
+    harness.smtp.reject["jane.doe@clinic.example"] = "550 5.1.1 No such user"
+    result = await harness.send()
+    assert result["status"] == "sent"
+    assert result["messages"][0]["to"] == "jdoe@health.example"
+    assert [str(m["To"]) for m in harness.smtp.messages] == ["jdoe@health.example"]
+    from tests.test_directory import addresses
+
+    assert ("jane.doe@clinic.example", "hard_bounced") in await addresses(harness.rt.db, JANE)
+
+
+async def test_all_addresses_rejected_is_no_deliverable_email(harness: Harness) -> None:
+    harness.smtp.reject["jane.doe@clinic.example"] = "550 5.1.1 No such user"
+    harness.smtp.reject["jdoe@health.example"] = "553 5.1.3 Bad address"
+    result = await harness.send()
+    assert result["status"] == "no_deliverable_email"
+    assert "rejected" in result["reason"]
+    assert harness.smtp.messages == []
+
+
+async def test_4xx_is_retried_with_backoff_and_delivered(harness: Harness) -> None:
+    harness.smtp.defer["jane.doe@clinic.example"] = 2
+    result = await harness.send()
+    assert result["messages"][0]["status"] == "queued" and "451" in result["messages"][0]["error"]
+    assert harness.smtp.messages == []
+    await harness.later(seconds=10)  # not due yet (first retry after 30 s)
+    assert harness.smtp.messages == []
+    await harness.later(seconds=25)
+    await harness.later(seconds=65)
+    final = await harness.outcome(result["id"])
+    assert final["status"] == "sent" and final["messages"][0]["attempts"] == 3
+    assert len(harness.smtp.messages) == 1
+
+
+async def test_smtp_errors_past_the_retry_budget_fail_the_trigger(harness: Harness) -> None:
+    harness.rt.settings.send_max_attempts = 2
+    harness.smtp.defer["jane.doe@clinic.example"] = 10
+    result = await harness.send()
+    await harness.later(minutes=5)
+    final = await harness.outcome(result["id"])
+    assert final["status"] == "failed" and "after 2 attempt(s)" in final["reason"]
+
+
+async def test_resends_follow_after_and_stop_at_max(harness: Harness) -> None:
+    result = await harness.send()
+    assert [m["kind"] for m in result["messages"]] == ["initial", "resend"]
+    assert result["messages"][1]["status"] == "scheduled"
+    await harness.later(days=2, hours=23)
+    assert len(harness.smtp.messages) == 1
+    await harness.later(hours=1)
+    assert len(harness.smtp.messages) == 2
+    assert harness.smtp.messages[1]["Subject"] == "In case you missed it: New asthma data for Pulmonary Disease practices"
+    await harness.later(days=3)
+    await harness.later(days=3)
+    await harness.later(days=3)
+    assert len(harness.smtp.messages) == 3  # initial + max 2 resends
+    final = await harness.outcome(result["id"])
+    assert [m["kind"] for m in final["messages"]] == ["initial", "resend", "resend"]
+    assert all(m["status"] == "sent" for m in final["messages"])
+
+
+async def test_resend_held_back_when_the_campaign_is_paused(harness: Harness) -> None:
+    result = await harness.send()
+    await harness.client.post("/v1/campaigns/asthma-launch/pause", headers=harness.auth)
+    await harness.later(days=3)
+    final = await harness.outcome(result["id"])
+    assert final["messages"][1]["status"] == "cancelled"
+    assert len(harness.smtp.messages) == 1
+
+
+def test_smtp_urls() -> None:
+    plain = SmtpTarget.from_url("smtp://relay.example")
+    assert (plain.hostname, plain.port, plain.use_tls, plain.start_tls) == ("relay.example", 25, False, False)
+    tls = SmtpTarget.from_url("smtps://user%40x:p%3Ass@relay.example")
+    assert (tls.port, tls.use_tls, tls.username, tls.password) == (465, True, "user@x", "p:ss")
+    starttls = SmtpTarget.from_url("smtp+starttls://u:p@relay.example:2587")
+    assert (starttls.port, starttls.start_tls) == (2587, True)
+    with pytest.raises(ValueError, match="SMTP_URL"):
+        SmtpTarget.from_url("http://relay.example")
+
+
+async def test_starttls_with_authentication_against_a_real_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trustme
+
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+
+    def authenticate(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"mailer", b"s3cret")
+        return AuthResult(success=ok)
+
+    sink = SmtpSink()
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=free_port(), tls_context=server_context, require_starttls=True,
+        authenticator=authenticate, auth_require_tls=True,
+    )
+    controller.start()
+    try:
+        mailer = Mailer(SmtpTarget.from_url(f"smtp+starttls://mailer:s3cret@127.0.0.1:{controller.port}"))
+        from datetime import datetime, timezone
+
+        email = OutgoingEmail(
+            sender="Medical Information <medinfo@pharma.example>", to="jane.doe@clinic.example", subject="Hello",
+            html="<p>Hi</p>", text="Hi\n", date=datetime.now(timezone.utc),
+        )
+        await mailer.send(email.to_mime(), envelope_from="medinfo@pharma.example", recipient="jane.doe@clinic.example")
+        await mailer.aclose()
+    finally:
+        controller.stop()
+    assert [str(m["Subject"]) for m in sink.messages] == ["Hello"]

@@ -1,0 +1,198 @@
+"""Open pixel and click redirect through real HTTP: what gets recorded, what a forged or
+altered token gets, and which links are rewritten in the email that left."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from urllib.parse import urlsplit
+
+import pytest
+from bs4 import BeautifulSoup
+
+from core.compose import tokens_for
+from tests.harness import BASE_CONFIG, JANE, OMAR, Harness
+
+HUMAN_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0 Safari/537.36 Edg/124.0"
+)
+APPLE_MPP_UA = "Mozilla/5.0"
+PUBLIC = "https://trigger.pharma.example"
+
+
+def html_of(email: EmailMessage) -> str:
+    return email.get_body(("html",)).get_content()  # type: ignore[union-attr]
+
+
+def pixel_url(email: EmailMessage) -> str:
+    soup = BeautifulSoup(html_of(email), "html.parser")
+    [pixel] = [img["src"] for img in soup.find_all("img") if "/t/o/" in str(img.get("src"))]
+    return str(pixel)
+
+
+def tracked_links(email: EmailMessage) -> list[str]:
+    soup = BeautifulSoup(html_of(email), "html.parser")
+    return [str(a["href"]) for a in soup.find_all("a", href=True) if "/t/c/" in str(a["href"])]
+
+
+def hrefs(email: EmailMessage) -> list[str]:
+    soup = BeautifulSoup(html_of(email), "html.parser")
+    return [str(a["href"]) for a in soup.find_all("a", href=True)]
+
+
+async def open_email(harness: Harness, email: EmailMessage, agent: str = HUMAN_UA) -> None:
+    response = await harness.client.get(pixel_url(email), headers={"User-Agent": agent})
+    assert response.status_code == 200, response.text
+
+
+async def click(harness: Harness, url: str, agent: str = HUMAN_UA) -> str:
+    response = await harness.client.get(url, headers={"User-Agent": agent})
+    assert response.status_code == 302, response.text
+    return response.headers["location"]
+
+
+async def sent_email(harness: Harness, npi: str = JANE, campaign_id: str = "asthma-launch") -> tuple[dict, EmailMessage]:
+    before = len(harness.smtp.messages)
+    result = await harness.send(npi, campaign_id)
+    assert result["status"] == "sent", result
+    assert len(harness.smtp.messages) == before + 1
+    return result, harness.smtp.messages[-1]
+
+
+async def test_pixel_answers_an_uncacheable_gif_and_counts_opens(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    assert pixel_url(email).startswith(f"{PUBLIC}/t/o/")
+    harness.clock.advance(300)
+
+    response = await harness.client.get(pixel_url(email), headers={"User-Agent": HUMAN_UA})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/gif"
+    assert response.content.startswith(b"GIF89a") and len(response.content) < 100
+    assert "no-store" in response.headers["cache-control"]
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert message["opened_at"] == "2026-01-05T09:05:00Z"
+    assert message["open_count"] == 1 and message["machine_opens"] == 0
+
+    harness.clock.advance(3600)
+    await open_email(harness, email)
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert message["open_count"] == 2
+    assert message["opened_at"] == "2026-01-05T09:05:00Z", "the first open time stays"
+
+
+async def test_click_redirects_to_the_original_link_and_counts_it(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    links = tracked_links(email)
+    assert len(links) == 2 and all(link.startswith(f"{PUBLIC}/t/c/") for link in links)
+    harness.clock.advance(600)
+
+    assert await click(harness, links[1]) == "https://pharma.example/asthma/dosing"
+    assert await click(harness, links[0]) == "https://pharma.example/asthma/phase3"
+    assert await click(harness, links[1]) == "https://pharma.example/asthma/dosing"
+
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert message["clicks"] == 3
+    assert message["clicked_at"] == "2026-01-05T09:10:00Z"
+    assert message["links"] == ["https://pharma.example/asthma/phase3", "https://pharma.example/asthma/dosing"]
+    assert message["open_count"] == 1 and message["opened_at"], "a click proves an open even with images blocked"
+
+
+async def test_untracked_links_are_left_as_written(harness: Harness) -> None:
+    _, email = await sent_email(harness)
+    written = hrefs(email)
+    assert "mailto:medinfo@pharma.example" in written
+    assert "https://pharma.example/private" in written, "data-no-track is honoured"
+    unsubscribe = [href for href in written if href.startswith(f"{PUBLIC}/u/")]
+    assert len(unsubscribe) == 1, written
+    assert not any("pharma.example/asthma" in href for href in written), "tracked links carry no original URL"
+
+
+@pytest.fixture
+def config_text() -> str:
+    return BASE_CONFIG + """
+  - id: anchors-and-phones
+    subject: "Contact"
+    html: |
+      <p><a href="#dosing">Jump</a> <a href="tel:+18005550100">Call</a> <a href="sms:+18005550100">Text</a>
+      <a href="HTTPS://Pharma.example/Upper?a=1&amp;b=2">Upper</a> <a href="/relative">Relative</a></p>
+      <p id="dosing">Dosing</p>
+"""
+
+
+async def test_anchors_phone_and_relative_links_are_not_rewritten(harness: Harness) -> None:
+    _, email = await sent_email(harness, OMAR, "anchors-and-phones")
+    written = hrefs(email)
+    assert {"#dosing", "tel:+18005550100", "sms:+18005550100", "/relative"} <= set(written)
+    [tracked] = tracked_links(email)
+    harness.clock.advance(600)
+    assert await click(harness, tracked) == "HTTPS://Pharma.example/Upper?a=1&b=2"
+
+
+async def test_forged_altered_and_unknown_tokens_get_404_and_no_redirect(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    harness.clock.advance(600)
+    pixel = pixel_url(email)
+    link = tracked_links(email)[0]
+    tokens = tokens_for(harness.rt)
+    message_id = result["messages"][0]["id"]
+
+    def altered(url: str) -> str:
+        head, token = url.rsplit("/", 1)
+        flipped = token[:5] + ("A" if token[5] != "A" else "B") + token[6:]
+        return f"{head}/{flipped}"
+
+    candidates = [
+        f"{PUBLIC}/t/c/not-a-token",
+        altered(link),
+        link + "x",
+        altered(pixel),
+        f"{PUBLIC}/t/o/{pixel.rsplit('/', 1)[1][:-3]}",
+        link.replace("/t/c/", "/t/o/"),  # a click token is not an open token
+        pixel.replace("/t/o/", "/t/c/"),
+        f"{PUBLIC}/t/c/{tokens.click(message_id, 2)}",  # genuine signature, no third link in that email
+        f"{PUBLIC}/t/c/{tokens.click('msg_' + '0' * 24, 0)}",  # genuine signature, unknown message
+        f"{PUBLIC}/t/o/{tokens.open('msg_' + '0' * 24)}",
+    ]
+    for url in candidates:
+        response = await harness.client.get(url, headers={"User-Agent": HUMAN_UA})
+        assert response.status_code == 404, url
+        assert "location" not in response.headers
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert message["open_count"] == 0 and message["clicks"] == 0
+
+
+async def test_a_click_token_only_reaches_links_of_its_own_email(harness: Harness) -> None:
+    _, asthma = await sent_email(harness, JANE, "asthma-launch")
+    _, cardio = await sent_email(harness, OMAR, "anchors-and-phones")
+    harness.clock.advance(600)
+    asthma_targets = {await click(harness, link) for link in tracked_links(asthma)}
+    cardio_targets = {await click(harness, link) for link in tracked_links(cardio)}
+    assert asthma_targets == {"https://pharma.example/asthma/phase3", "https://pharma.example/asthma/dosing"}
+    assert cardio_targets == {"HTTPS://Pharma.example/Upper?a=1&b=2"}
+
+    # Whatever is appended to a click URL, it redirects only to its email's own link.
+    link = tracked_links(cardio)[0]
+    for tampered in (f"{link}?url=https://evil.example/", f"{link}?next=https://evil.example/"):
+        assert await click(harness, tampered) == "HTTPS://Pharma.example/Upper?a=1&b=2"
+    # The token names message and index; swapping the message part breaks the signature.
+    cardio_token = urlsplit(link).path.rsplit("/", 1)[1]
+    asthma_token = urlsplit(tracked_links(asthma)[0]).path.rsplit("/", 1)[1]
+    spliced = asthma_token.split(".")[0] + "." + cardio_token.split(".", 1)[1]
+    assert (await harness.client.get(f"{PUBLIC}/t/c/{spliced}")).status_code == 404
+
+
+async def test_machine_opens_are_counted_apart(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    await open_email(harness, email, HUMAN_UA)  # within seconds of delivery: a prefetcher
+    harness.clock.advance(600)
+    await open_email(harness, email, APPLE_MPP_UA)
+    await open_email(harness, email, "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)")
+    await open_email(harness, email, "Barracuda Sentinel (EE)")
+    await open_email(harness, email, "")
+
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert message["machine_opens"] == 5
+    assert message["open_count"] == 0 and message["opened_at"] is None
+    stats = (await harness.client.get("/v1/campaigns/asthma-launch/stats", headers=harness.auth)).json()
+    assert stats["machine_opens"] == 5 and stats["opened"] == 0
