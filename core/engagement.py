@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import String, and_, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import parse_duration
 from core.db import engagement_events, hcp_emails, insert_ignore, messages, rule_firings, triggers
+from core.decisions import pick_address
 from core.directory import mark_address
 from core.metrics import TRACKING
 from core.outbox import record_activity
@@ -66,6 +67,12 @@ async def _cancel_resends(connection: AsyncConnection, where: Any, reason: str) 
     return result.rowcount or 0
 
 
+def _same_campaign(message: dict[str, Any]) -> Any:
+    """Engagement stops every pending follow-up of that campaign to that HCP, not only the
+    follow-ups of the email that was opened."""
+    return and_(messages.c.npi == message["npi"], messages.c.campaign_id == message["campaign_id"])
+
+
 async def _event(connection: AsyncConnection, message: dict[str, Any], kind: str, now: datetime, **extra: Any) -> None:
     await connection.execute(
         engagement_events.insert().values(
@@ -99,7 +106,7 @@ async def record_open(rt: Runtime, message_id: str, user_agent: str | None) -> b
         if first:
             await record_activity(rt, connection, message, "opened", now, {"to": message["to_address"]})
             if rt.config.tracking.engagement == "open":
-                await _cancel_resends(connection, messages.c.trigger_id == message["trigger_id"], "HCP opened an earlier email")
+                await _cancel_resends(connection, _same_campaign(message), "HCP opened an earlier email")
             fired = await _email_rules(rt, connection, message, "opened", None, now)
     TRACKING.labels("open").inc()
     await _fire(rt, fired)
@@ -138,7 +145,7 @@ async def record_click(rt: Runtime, message_id: str, link_index: int, user_agent
         await record_activity(
             rt, connection, message, "clicked", now, {"to": message["to_address"], "link": url}, dedupe=str(link_index)
         )
-        await _cancel_resends(connection, messages.c.trigger_id == message["trigger_id"], "HCP clicked an earlier email")
+        await _cancel_resends(connection, _same_campaign(message), "HCP clicked an earlier email")
         fired = await _email_rules(rt, connection, message, "clicked", url, now)
         if first_open:
             fired += await _email_rules(rt, connection, message, "opened", None, now)
@@ -163,10 +170,11 @@ async def unsubscribe(rt: Runtime, message_id: str, *, via: str) -> dict[str, An
             await connection.execute(update(messages).where(messages.c.id == message_id).values(unsubscribed_at=now))
             await _event(connection, message, "unsubscribe", now, detail=via)
             await record_activity(rt, connection, message, "unsubscribed", now, {"to": message["to_address"], "scope": scope})
-        where = messages.c.npi == message["npi"]
-        if campaign_id:
-            where = and_(where, messages.c.campaign_id == campaign_id)
-        await _cancel_resends(connection, where, "HCP unsubscribed")
+        # A marketing unsubscribe leaves transactional follow-ups alone.
+        blocked = [campaign_id] if campaign_id else [c.id for c in rt.config.campaigns if c.kind == "marketing"]
+        await _cancel_resends(
+            connection, and_(messages.c.npi == message["npi"], messages.c.campaign_id.in_(blocked)), "HCP unsubscribed"
+        )
     TRACKING.labels("unsubscribe").inc()
     return {"npi": message["npi"], "scope": scope, "campaign_id": campaign_id}
 
@@ -174,50 +182,110 @@ async def unsubscribe(rt: Runtime, message_id: str, *, via: str) -> dict[str, An
 async def record_bounce(
     rt: Runtime, *, kind: str, message_id: str | None, address: str | None, detail: str
 ) -> str:
-    """Apply an asynchronous bounce or complaint; returns what was done."""
+    """Apply an asynchronous bounce or complaint about an email we sent; returns what was done.
+
+    The report names the email by its VERP token (`message_id`); without one, only an address
+    we actually mailed counts, so mail to the bounce domain cannot mark arbitrary addresses."""
     now = rt.clock.now()
     async with rt.db.begin() as connection:
-        message = await _message(connection, message_id) if message_id else None
-        address = (address or (message or {}).get("to_address") or "").lower() or None
-        npi = message["npi"] if message else None
-        if npi is None and address:
-            npi = (await connection.execute(select(hcp_emails.c.npi).where(hcp_emails.c.address == address))).scalar()
-        if npi is None or address is None:
-            return "ignored: no message or address of ours"
-        context = message or {"id": None, "npi": npi, "to_address": address}
+        message = await _reported_message(connection, message_id, address)
+        if message is None:
+            return "ignored: not about an email we sent"
         if kind == "complaint":
-            await add_suppression(connection, reason="complained", now=now, npi=npi, detail=detail)
-            await _cancel_resends(connection, messages.c.npi == npi, "HCP complained")
-            if message:
-                await _event(connection, message, "complaint", now, detail=detail)
-                await record_activity(rt, connection, message, "unsubscribed", now, {"to": address, "reason": "complaint"})
-            return f"complaint: NPI {npi} suppressed"
-        if kind == "soft":
-            await connection.execute(
-                engagement_events.insert().values(
-                    message_id=context["id"], npi=npi, address=address, kind="soft_bounce", detail=detail, occurred_at=now
-                )
+            result = await _complaint(rt, connection, message, detail, now)
+        elif kind == "soft":
+            result = await _soft_bounce(rt, connection, message, detail, now)
+        else:
+            result = await _hard_bounce(rt, connection, message, detail, now)
+    TRACKING.labels("complaint" if kind == "complaint" else "bounce").inc()
+    return result
+
+
+async def _reported_message(connection: AsyncConnection, message_id: str | None, address: str | None) -> dict[str, Any] | None:
+    """The sent email a report is about: the one its token names, else the latest one we
+    sent to the reported address."""
+    if message_id:
+        message = await _message(connection, message_id)
+        if message is not None and message["to_address"]:
+            return message
+    if not address:
+        return None
+    row = (
+        await connection.execute(
+            select(messages)
+            .where(messages.c.to_address == address.lower(), messages.c.sent_at.is_not(None))
+            .order_by(messages.c.sent_at.desc())
+            .limit(1)
+        )
+    ).mappings().first()
+    return dict(row) if row else None
+
+
+async def _complaint(rt: Runtime, connection: AsyncConnection, message: dict[str, Any], detail: str, now: datetime) -> str:
+    """A spam report: never mail this HCP again, whatever the campaign."""
+    await add_suppression(connection, reason="complained", now=now, npi=message["npi"], detail=detail)
+    await _cancel_resends(connection, messages.c.npi == message["npi"], "HCP complained")
+    await _event(connection, message, "complaint", now, detail=detail)
+    await record_activity(rt, connection, message, "unsubscribed", now, {"to": message["to_address"], "reason": "complaint"})
+    return f"complaint: NPI {message['npi']} suppressed"
+
+
+async def _soft_bounce(rt: Runtime, connection: AsyncConnection, message: dict[str, Any], detail: str, now: datetime) -> str:
+    """A full mailbox or a greylist is temporary, but an address that keeps failing is not:
+    the third soft bounce within 7 days counts as a hard one."""
+    await _event(connection, message, "soft_bounce", now, detail=detail)
+    recent = (
+        await connection.execute(
+            select(func.count()).where(
+                engagement_events.c.address == message["to_address"], engagement_events.c.kind == "soft_bounce",
+                engagement_events.c.occurred_at > now - SOFT_BOUNCE_WINDOW,
             )
-            recent = (
-                await connection.execute(
-                    select(func.count()).where(
-                        engagement_events.c.address == address, engagement_events.c.kind == "soft_bounce",
-                        engagement_events.c.occurred_at >= now - SOFT_BOUNCE_WINDOW,
-                    )
-                )
-            ).scalar_one()
-            if recent < SOFT_BOUNCES_FOR_HARD:
-                return f"soft bounce {recent} of {SOFT_BOUNCES_FOR_HARD} for {address}"
-            detail = f"{recent} soft bounces in 7 days; last: {detail}"
-        await mark_address(connection, npi, address, "hard_bounced", detail, now)
-        if message:
-            await connection.execute(
-                update(messages).where(messages.c.id == message["id"]).values(bounced_at=now, bounce_reason=detail)
+        )
+    ).scalar_one()
+    if recent < SOFT_BOUNCES_FOR_HARD:
+        return f"soft bounce {recent} of {SOFT_BOUNCES_FOR_HARD} for {message['to_address']}"
+    return await _hard_bounce(rt, connection, message, f"{recent} soft bounces in 7 days; last: {detail}", now)
+
+
+async def _hard_bounce(rt: Runtime, connection: AsyncConnection, message: dict[str, Any], detail: str, now: datetime) -> str:
+    address = message["to_address"]
+    await mark_address(connection, message["npi"], address, "hard_bounced", detail, now)
+    await connection.execute(
+        update(messages).where(messages.c.id == message["id"]).values(
+            bounced_at=func.coalesce(messages.c.bounced_at, now), bounce_reason=detail
+        )
+    )
+    await _event(connection, message, "hard_bounce", now, detail=detail)
+    await record_activity(rt, connection, message, "bounced", now, {"to": address, "reason": detail})
+    rerouted = await _reroute_queued(rt, connection, message["npi"], address)
+    return f"hard bounce: {address} marked" + (f"; {rerouted} queued email(s) moved to the next address" if rerouted else "")
+
+
+async def _reroute_queued(rt: Runtime, connection: AsyncConnection, npi: str, address: str) -> int:
+    """Emails already queued for the bounced address (a resend waiting for an SMTP retry) go
+    to the HCP's next deliverable address; scheduled resends pick their address when due."""
+    queued = (
+        await connection.execute(
+            select(messages.c.id, messages.c.campaign_id, messages.c.kind).where(
+                messages.c.npi == npi, messages.c.to_address == address, messages.c.status == "queued"
             )
-            await _event(connection, message, "hard_bounce", now, detail=detail)
-            await record_activity(rt, connection, message, "bounced", now, {"to": address, "reason": detail})
-    TRACKING.labels("bounce").inc()
-    return f"hard bounce: {address} marked"
+        )
+    ).all()
+    moved = 0
+    for message_id, campaign_id, kind in queued:
+        campaign = rt.config.campaign(campaign_id)
+        following = await pick_address(connection, npi, campaign) if campaign else None
+        if following is not None:
+            values: dict[str, Any] = {"to_address": following, "error": f"{address} bounced; now to {following}"}
+        elif kind == "resend":
+            values = {"status": "cancelled", "error": "no deliverable address left", "due_at": None}
+        else:
+            continue
+        result = await connection.execute(
+            update(messages).where(messages.c.id == message_id, messages.c.status == "queued").values(**values)
+        )
+        moved += result.rowcount or 0
+    return moved
 
 
 async def _email_rules(
@@ -262,13 +330,20 @@ async def no_engagement_step(rt: Runtime) -> int:
     """`{from: email, on: no_engagement, where: {campaign, after}}`: initial emails sent
     `after` ago whose trigger saw no engagement fire the rule once."""
     now = rt.clock.now()
-    column = messages.c.clicked_at if rt.config.tracking.engagement == "click" else messages.c.opened_at
+    sibling = messages.alias("sibling")
+    column = sibling.c.clicked_at if rt.config.tracking.engagement == "click" else sibling.c.opened_at
+    engaged = select(sibling.c.id).where(sibling.c.trigger_id == messages.c.trigger_id, column.is_not(None)).exists()
     fired: list[tuple[str, dict[str, Any]]] = []
     for index, rule in enumerate(rt.config.triggers):
         if rule.from_ != "email" or rule.on != "no_engagement":
             continue
         after = parse_duration(rule.where["after"])
-        engaged = select(messages.c.trigger_id).where(column.is_not(None)).where(messages.c.campaign_id == rule.where["campaign"])
+        prefix = f"rule{index}:{rule.send}:"
+        # Triggers this rule already fired for are left out in SQL: otherwise the same first
+        # 500 candidates would come back on every sweep and starve the newer ones.
+        fired_before = select(rule_firings.c.rule_key).where(
+            rule_firings.c.rule_key == literal(prefix, String) + messages.c.trigger_id
+        ).exists()
         async with rt.db.begin() as connection:
             candidates = (
                 await connection.execute(
@@ -277,13 +352,15 @@ async def no_engagement_step(rt: Runtime) -> int:
                         messages.c.campaign_id == rule.where["campaign"], messages.c.kind == "initial",
                         messages.c.status == "sent", messages.c.sent_at <= now - after,
                         messages.c.sent_at >= now - after - timedelta(days=30),
-                        messages.c.trigger_id.not_in(engaged),
+                        ~engaged,
+                        ~fired_before,
                     )
+                    .order_by(messages.c.sent_at)
                     .limit(500)
                 )
             ).mappings().all()
             for message in candidates:
-                key = f"rule{index}:{rule.send}:{message['trigger_id']}"
+                key = f"{prefix}{message['trigger_id']}"
                 claimed = await connection.execute(
                     insert_ignore(connection, rule_firings, conflict=["rule_key"]).values(rule_key=key, fired_at=now)
                 )

@@ -108,9 +108,7 @@ async def test_untracked_links_are_left_as_written(harness: Harness) -> None:
     assert not any("pharma.example/asthma" in href for href in written), "tracked links carry no original URL"
 
 
-@pytest.fixture
-def config_text() -> str:
-    return BASE_CONFIG + """
+TRACKING_CONFIG = BASE_CONFIG + """
   - id: anchors-and-phones
     subject: "Contact"
     html: |
@@ -118,6 +116,13 @@ def config_text() -> str:
       <a href="HTTPS://Pharma.example/Upper?a=1&amp;b=2">Upper</a> <a href="/relative">Relative</a></p>
       <p id="dosing">Dosing</p>
 """
+CLICK_ENGAGEMENT = TRACKING_CONFIG + "tracking: {engagement: click}\n"
+
+
+@pytest.fixture
+def config_text(request: pytest.FixtureRequest) -> str:
+    """This module's config; a test picks another with `parametrize(..., indirect=True)`."""
+    return getattr(request, "param", TRACKING_CONFIG)
 
 
 async def test_anchors_phone_and_relative_links_are_not_rewritten(harness: Harness) -> None:
@@ -196,3 +201,74 @@ async def test_machine_opens_are_counted_apart(harness: Harness) -> None:
     assert message["open_count"] == 0 and message["opened_at"] is None
     stats = (await harness.client.get("/v1/campaigns/asthma-launch/stats", headers=harness.auth)).json()
     assert stats["machine_opens"] == 5 and stats["opened"] == 0
+
+
+# --- engagement cancels resends -------------------------------------------------------
+
+
+def resend_states(view: dict) -> list[tuple[str, str]]:
+    return [(m["kind"], m["status"]) for m in view["messages"]]
+
+
+async def test_without_engagement_the_resend_goes_out(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    harness.clock.advance(600)
+    await open_email(harness, email, APPLE_MPP_UA)
+    await harness.later(days=3)
+    assert len(harness.smtp.messages) == 2
+    assert harness.smtp.messages[1]["Subject"].startswith("In case you missed it")
+    assert resend_states(await harness.outcome(result["id"]))[:2] == [("initial", "sent"), ("resend", "sent")]
+
+
+async def test_an_open_cancels_the_pending_resends(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    await harness.later(hours=2)
+    await open_email(harness, email)
+    await harness.later(days=3, minutes=1)
+    await harness.later(days=3, minutes=1)
+    assert len(harness.smtp.messages) == 1
+    view = await harness.outcome(result["id"])
+    assert resend_states(view) == [("initial", "sent"), ("resend", "cancelled")]
+    assert "opened" in view["messages"][1]["error"]
+
+
+async def test_an_open_restarts_the_cooldown(harness: Harness) -> None:
+    _, email = await sent_email(harness)
+    await harness.later(days=20)
+    await open_email(harness, email)
+    await harness.later(days=15)  # 35 days after the send, 15 after the open
+    again = await harness.send()
+    assert again["status"] == "cooldown", again
+    assert "2026-01-25" in again["reason"]
+
+
+@pytest.mark.parametrize("config_text", [CLICK_ENGAGEMENT], indirect=True)
+async def test_under_click_engagement_an_open_does_not_cancel_but_a_click_does(harness: Harness) -> None:
+    first, email = await sent_email(harness)
+    await harness.later(hours=2)
+    await open_email(harness, email)
+    await harness.later(days=3, minutes=1)
+    assert len(harness.smtp.messages) == 2, "an open alone is not engagement under `click`"
+    resend = harness.smtp.messages[1]
+    assert (await harness.outcome(first["id"]))["messages"][0]["open_count"] == 1
+
+    await harness.later(hours=1)
+    await click(harness, tracked_links(resend)[0])
+    await harness.later(days=3, minutes=1)
+    assert len(harness.smtp.messages) == 2, "the click cancelled the second resend"
+    assert resend_states(await harness.outcome(first["id"])) == [
+        ("initial", "sent"), ("resend", "sent"), ("resend", "cancelled"),
+    ]
+
+
+@pytest.mark.parametrize("config_text", [TRACKING_CONFIG, CLICK_ENGAGEMENT], indirect=True)
+async def test_machine_opens_and_scanner_clicks_never_cancel(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    await click(harness, tracked_links(email)[0], HUMAN_UA)  # seconds after delivery: a link scanner
+    await open_email(harness, email, HUMAN_UA)
+    harness.clock.advance(600)
+    await open_email(harness, email, APPLE_MPP_UA)
+    await harness.later(days=3)
+    assert len(harness.smtp.messages) == 2, "machine engagement must not stop the follow-up"
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert message["machine_opens"] == 2 and message["open_count"] == 0 and message["clicks"] == 0

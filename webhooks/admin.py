@@ -36,7 +36,7 @@ def _target(body: Any) -> tuple[str | None, str | None]:
 @api_key_required
 async def suppressions(request: Request) -> Response:
     """
-    summary: The suppression list (GET lists, POST adds {npi|email, reason}, DELETE removes {npi|email})
+    summary: "The suppression list: GET lists, POST adds {npi or email, reason}, DELETE removes by npi or email"
     responses:
       200: {description: "{suppressions: [...]} or {removed}"}
       201: {description: "{id}"}
@@ -84,7 +84,7 @@ async def outbox(request: Request) -> Response:
 @api_key_required
 async def outbox_retry(request: Request) -> Response:
     """
-    summary: Put dead-lettered outbox rows back in the queue (body {ids: [...]} optional; none = all)
+    summary: "Put dead-lettered outbox rows back in the queue (body {ids: [...]} optional; none = all)"
     responses:
       200: {description: "{retried}"}
     """

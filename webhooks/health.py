@@ -51,7 +51,7 @@ async def openapi(request: Request) -> Response:
     responses:
       200: {description: OpenAPI 3 document}
     """
-    return schemas.OpenAPIResponse(request=request)
+    return JSONResponse(schemas.get_schema(routes=request.app.routes))
 
 
 class StateCollector:

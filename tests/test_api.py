@@ -1,0 +1,119 @@
+"""The trigger API's contract: 202 only once stored, idempotency, and 4xx that name the field."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from core.db import triggers
+from tests.harness import JANE, Harness
+
+
+async def stored_triggers(h: Harness) -> int:
+    async with h.rt.db.connect() as connection:
+        return (await connection.execute(select(func.count()).select_from(triggers))).scalar_one()
+
+
+async def test_accepted_trigger_is_stored_before_the_answer(harness: Harness) -> None:
+    accepted = await harness.trigger()
+    assert accepted["status"] == "pending" and accepted["id"].startswith("trg_")
+    view = await harness.outcome(accepted["id"])
+    assert set(view) >= {"id", "npi", "campaign_id", "status", "reason", "created_at", "decided_at", "messages"}
+    assert view["status"] == "pending" and view["decided_at"] is None
+
+
+async def test_idempotency_key_returns_the_same_trigger_and_sends_once(harness: Harness) -> None:
+    first = await harness.trigger(**{"Idempotency-Key": "form-42"})
+    second = await harness.trigger(**{"Idempotency-Key": "form-42"})
+    assert first["id"] == second["id"]
+    from tests.harness import drain
+
+    await drain(harness.rt)
+    third = await harness.trigger(**{"Idempotency-Key": "form-42"})
+    assert third == {"id": first["id"], "status": "sent"}
+    assert await stored_triggers(harness) == 1
+    assert len(harness.smtp.messages) == 1
+
+
+async def test_missing_or_wrong_key_is_401(harness: Harness) -> None:
+    body = {"npi": JANE, "campaign_id": "asthma-launch"}
+    missing = await harness.client.post("/v1/triggers", json=body)
+    wrong = await harness.client.post("/v1/triggers", json=body, headers={"Authorization": "Bearer te_nope"})
+    assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert missing.json()["field"] == "Authorization"
+    assert await stored_triggers(harness) == 0
+
+
+async def test_bad_input_is_422_naming_the_field_and_stores_nothing(harness: Harness) -> None:
+    cases = [
+        ({"campaign_id": "asthma-launch"}, "npi"),
+        ({"npi": "123", "campaign_id": "asthma-launch"}, "npi"),
+        ({"npi": "1234567890", "campaign_id": "asthma-launch"}, "npi"),
+        ({"npi": JANE, "campaign_id": "nope"}, "campaign_id"),
+        ({"npi": JANE}, "campaign_id"),
+        ({"npi": JANE, "campaign_id": "asthma-launch", "data": [1, 2]}, "data"),
+        (["not", "an", "object"], "body"),
+    ]
+    for body, field in cases:
+        response = await harness.client.post("/v1/triggers", json=body, headers=harness.auth)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["field"] == field, (body, response.json())
+        assert response.json()["error"]
+    not_json = await harness.client.post("/v1/triggers", content=b"{npi:", headers={**harness.auth, "Content-Type": "application/json"})
+    assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
+    assert await stored_triggers(harness) == 0
+
+
+async def test_body_over_64_kib_is_413(harness: Harness) -> None:
+    big = {"npi": JANE, "campaign_id": "asthma-launch", "data": {"blob": "x" * 70000}}
+    response = await harness.client.post("/v1/triggers", json=big, headers=harness.auth)
+    assert response.status_code == 413 and "64 KiB" in response.json()["error"]
+    assert await stored_triggers(harness) == 0
+
+
+async def test_unknown_trigger_is_404(harness: Harness) -> None:
+    response = await harness.client.get("/v1/triggers/trg_missing", headers=harness.auth)
+    assert response.status_code == 404
+
+
+async def test_campaigns_listing_pause_resume_and_stats(harness: Harness) -> None:
+    listing = (await harness.client.get("/v1/campaigns", headers=harness.auth)).json()["campaigns"]
+    asthma = next(c for c in listing if c["id"] == "asthma-launch")
+    assert asthma["status"] == "live" and asthma["cooldown"] == "30d" and asthma["resend"]["after"] == "3d"
+    paused = await harness.client.post("/v1/campaigns/asthma-launch/pause", headers=harness.auth)
+    assert paused.json()["status"] == "paused"
+    assert (await harness.client.post("/v1/campaigns/nope/pause", headers=harness.auth)).status_code == 404
+    await harness.client.post("/v1/campaigns/asthma-launch/resume", headers=harness.auth)
+    await harness.send()
+    stats = (await harness.client.get("/v1/campaigns/asthma-launch/stats", headers=harness.auth)).json()
+    assert stats["sent"] == 1 and stats["outcomes"] == {"sent": 1} and stats["messages"]["scheduled"] == 1
+
+
+async def test_openapi_describes_every_route(harness: Harness) -> None:
+    spec = (await harness.client.get("/openapi.json")).json()
+    for path in ("/v1/triggers", "/v1/triggers/{trigger_id}", "/v1/campaigns", "/v1/campaigns/{campaign_id}/stats",
+                 "/v1/campaigns/{campaign_id}/pause", "/v1/campaigns/{campaign_id}/resume", "/health", "/metrics",
+                 "/webhooks/hubspot", "/webhooks/salesforce/outbound", "/webhooks/salesforce/events",
+                 "/t/o/{token}", "/t/c/{token}", "/u/{token}", "/v1/suppressions", "/v1/outbox"):
+        assert path in spec["paths"], path
+    assert "422" in str(spec["paths"]["/v1/triggers"]["post"]["responses"])
+
+
+async def test_health_and_metrics(harness: Harness) -> None:
+    health = await harness.client.get("/health")
+    assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    await harness.send()
+    metrics = (await harness.client.get("/metrics")).text
+    assert 'trigger_email_triggers_total{outcome="queued"}' in metrics
+    assert 'trigger_email_message_states{status="sent"} 1.0' in metrics
+
+
+async def test_health_is_503_when_redis_is_gone(harness: Harness) -> None:
+    from core.queue import JobQueue
+
+    real = harness.rt.queue
+    harness.rt.queue = JobQueue(None)
+    try:
+        response = await harness.client.get("/health")
+    finally:
+        harness.rt.queue = real
+    assert response.status_code == 503 and response.json()["redis"].startswith("error")
