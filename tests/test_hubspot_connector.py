@@ -340,12 +340,42 @@ async def test_unknown_contact_has_no_npi(live: HubSpotConnector, fake: FakeHubS
     assert (info.npi, fake.requests[0].status) == (None, 404)
 
 
-async def test_contact_fetch_errors_are_raised_with_status(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+async def test_contact_fetch_waits_out_a_rate_limit_on_the_clock(live: HubSpotConnector, fake: FakeHubSpot, clock: ManualClock) -> None:
+    fake.contacts["65059681032"] = {"npi": "1234567893"}
+    started = clock.now()
     fake.rate_limit(1, retry_after="3")
+    assert (await live.contact_for(one(live, "contact_creation.json"))).npi == "1234567893"
+    assert ([r.status for r in fake.requests], clock.now() - started) == ([429, 200], timedelta(seconds=3))
+
+
+async def test_contact_fetch_retries_a_server_error(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+    fake.contacts["65059681032"] = {"npi": "1234567893"}
+    fake.fail_next(1, status=503)
+    assert (await live.contact_for(one(live, "contact_creation.json"))).npi == "1234567893"
+    assert [r.status for r in fake.requests] == [503, 200]
+
+
+async def test_contact_fetch_errors_are_raised_with_status(live: HubSpotConnector, fake: FakeHubSpot, clock: ManualClock) -> None:
+    started = clock.now()
+    fake.rate_limit(3, retry_after="3")
     with pytest.raises(HubSpotApiError) as info:
         await live.contact_for(one(live, "contact_creation.json"))
     assert (info.value.status, info.value.retry_after) == (429, 3.0)
+    assert (len(fake.requests), clock.now() - started) == (3, timedelta(seconds=6))
     assert TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize("status, retry_after", [(429, "3600"), (401, None), (403, None)])
+async def test_contact_fetch_gives_up_at_once_when_waiting_cannot_help(
+    live: HubSpotConnector, fake: FakeHubSpot, status: int, retry_after: str | None
+) -> None:
+    if status == 429:
+        fake.rate_limit(1, retry_after=retry_after)
+    else:
+        fake.fail_next(1, status=status)
+    with pytest.raises(HubSpotApiError) as info:
+        await live.contact_for(one(live, "contact_creation.json"))
+    assert (info.value.status, len(fake.requests)) == (status, 1)
 
 
 # pushing activities

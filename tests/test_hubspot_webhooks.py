@@ -399,6 +399,21 @@ async def test_contact_without_npi_is_recorded_as_invalid_npi(harness: Harness, 
     assert len(fake.requests) == 1
 
 
+async def test_rate_limited_contact_fetch_is_waited_out(harness: Harness, fake: FakeHubSpot) -> None:
+    fake.rate_limit(1, retry_after="2")
+    assert await fire(harness, interest_changed("1246965")) == [("asthma-launch", "sent", JANE_MAIL)]
+    assert [r.status for r in fake.requests] == [429, 200]
+
+
+async def test_hubspot_down_fails_the_event_visibly_without_a_loop(harness: Harness, fake: FakeHubSpot) -> None:
+    fake.fail_next(3, status=503)
+    assert await fire(harness, interest_changed("1246965")) == []
+    [event] = await stored_events(harness)
+    assert event["status"] == "failed" and "HubSpot API 503" in event["result"] and TOKEN not in event["result"]
+    await drain(harness.rt)
+    assert len(fake.requests) == 3
+
+
 # write-back under HubSpot's limits
 
 
@@ -407,7 +422,7 @@ async def test_rate_limited_push_waits_for_retry_after_then_is_accepted(harness:
     fake.rate_limit(1, retry_after="120")
     assert await push(harness) == {"pushed": 0, "retried": 1, "dead": 0}
     [row] = (await outbox(harness, "pending"))["items"]
-    assert "secondly limit" in row["last_error"]
+    assert "ten_secondly_rolling limit" in row["last_error"]
 
     harness.clock.advance(timedelta(seconds=119))
     assert await push(harness) == {"pushed": 0, "retried": 0, "dead": 0}

@@ -129,7 +129,7 @@ def test_request_kind_elsewhere_goes_by_the_body() -> None:
     assert request_kind(request(b"\xef\xbb\xbf\n  <?xml version='1.0'?><x/>", path="other")) == "soap"
     assert request_kind(request(fixture("flow_record_change.json"), path="other")) == "events"
     assert make_connector().request_kind(request(b"[]", path="other")) == "events"
-    assert request_kind(request(b"<x/>", {"content-type": "application/json"}, path="other")) == "events"
+    assert request_kind(request(b"", {"content-type": "text/xml; charset=utf-8"}, path="other")) == "soap"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from core.compose import tokens_for
 from core.engagement import record_click, record_open, unsubscribe
-from webhooks.common import read_body, runtime
+from webhooks.common import handles_problems, read_body, runtime
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache"}
@@ -57,6 +57,11 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta name="viewport
 {body}</body></html>"""
 
 
+_MAX_FORM = 4 * 1024
+"""A one-click body is 26 bytes; the page's form adds nothing."""
+
+
+@handles_problems
 async def unsubscribe_page(request: Request) -> Response:
     """
     summary: Unsubscribe; GET shows a page whose button POSTs, POST (RFC 8058 one-click) unsubscribes at once
@@ -77,8 +82,8 @@ async def unsubscribe_page(request: Request) -> Response:
             '<button type="submit">Unsubscribe</button></form>'
         )
         return HTMLResponse(_PAGE.format(title="Unsubscribe", body=body), headers=NO_STORE)
-    await read_body(request)
-    one_click = "list-unsubscribe=one-click" in (await request.body()).decode("utf-8", "replace").lower()
+    body = await read_body(request, limit=_MAX_FORM)
+    one_click = "list-unsubscribe=one-click" in body.decode("utf-8", "replace").lower()
     done = await unsubscribe(rt, payload[1], via="one-click" if one_click else "page")
     if done is None:
         return _not_found()

@@ -14,6 +14,7 @@ from config.schema import HubSpotConfig
 from connectors.base import Connector, ContactInfo, InboundRequest, WebhookRejected, register
 from connectors.hubspot import activities as hs_activities
 from connectors.hubspot.client import (
+    DEFAULT_RETRY_AFTER,
     REQUEST_TIMEOUT,
     HubSpotApiError,
     build_client,
@@ -32,6 +33,13 @@ CONTACT_PROPERTIES = ("email", "firstname", "lastname")
 """Fetched alongside the NPI property: the address (when the config uses it) and a name."""
 
 _CACHE_LIMIT = 10_000
+
+FETCH_ATTEMPTS = 3
+"""Tries of one contact fetch that HubSpot rate-limits or fails with a server error."""
+FETCH_WAIT_LIMIT = 15.0
+"""Seconds one event may spend waiting on HubSpot between tries. Enough for the 10-second
+burst window to roll over, well inside the worker's job timeout; past it the event fails
+(visibly) rather than holding a worker slot."""
 
 
 @register
@@ -92,12 +100,33 @@ class HubSpotConnector(Connector):
         cached = self._contacts.get(contact_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        properties = await asyncio.to_thread(self._fetch_contact, contact_id)
+        properties = await self._fetch_with_retries(contact_id)
         if properties is not None:
             if len(self._contacts) >= _CACHE_LIMIT:
                 self._contacts = {key: entry for key, entry in self._contacts.items() if entry[0] > now}
             self._contacts[contact_id] = (now + self.hubspot.contact_cache_ttl, properties)
         return properties
+
+    async def _fetch_with_retries(self, contact_id: str) -> dict[str, Any] | None:
+        """A 429 waits its Retry-After (HubSpot's burst limit rolls over every 10 seconds), a
+        5xx or lost connection a moment, on our clock; anything else is raised at once."""
+        waited = 0.0
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                return await asyncio.to_thread(self._fetch_contact, contact_id)
+            except HubSpotApiError as exc:
+                if exc.status == 429:
+                    wait = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER
+                elif exc.status == 0 or exc.status >= 500:
+                    wait = float(2 ** (attempt - 1))
+                else:
+                    raise
+                if attempt == FETCH_ATTEMPTS or waited + wait > FETCH_WAIT_LIMIT:
+                    raise
+                log.info("hubspot contact %s: %s; trying again in %.0f s", contact_id, exc, wait)
+                waited += wait
+                await self.clock.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _fetch_contact(self, contact_id: str) -> dict[str, Any] | None:
         properties = [self.hubspot.npi_property, *CONTACT_PROPERTIES]

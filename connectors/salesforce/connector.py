@@ -32,24 +32,18 @@ _XML_MEDIA = ("text/xml", "application/xml", "application/soap+xml")
 
 def request_kind(request: InboundRequest) -> RequestKind:
     """`soap` for an Outbound Message, `events` for JSON from Flow / Apex. The route called
-    decides; a request to any other path (a direct call, a test) goes by its body. The route
-    answers a `soap` request with `soap_ack()` (text/xml) once the events are stored."""
+    decides; a request to any other path (a direct call, a test) goes by its body, then by its
+    Content-Type. The route answers a `soap` request with `soap_ack()` (text/xml) once the
+    events are stored."""
     path = urlsplit(request.public_url).path.rstrip("/")
     for route, kind in ROUTE_KINDS.items():
         if path.endswith(route):
             return kind
-    return _body_kind(request) or "events"
+    return _body_kind(request.body) or _declared_kind(request) or "events"
 
 
-def _body_kind(request: InboundRequest) -> RequestKind | None:
-    """What the request says it carries: its Content-Type, else the body's first character.
-    None when it says neither (an empty body), which the parser then refuses as malformed."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type in _JSON_MEDIA or media_type.endswith("+json"):
-        return "events"
-    if media_type in _XML_MEDIA or media_type.endswith("+xml"):
-        return "soap"
-    first = request.body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+def _body_kind(body: bytes) -> RequestKind | None:
+    first = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     if first == b"<":
         return "soap"
     if first in (b"{", b"["):
@@ -57,10 +51,21 @@ def _body_kind(request: InboundRequest) -> RequestKind | None:
     return None
 
 
+def _declared_kind(request: InboundRequest) -> RequestKind | None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type in _JSON_MEDIA or media_type.endswith("+json"):
+        return "events"
+    if media_type in _XML_MEDIA or media_type.endswith("+xml"):
+        return "soap"
+    return None
+
+
 def _check_media(request: InboundRequest, kind: RequestKind) -> None:
-    """Refuse with 415 a body of the other kind, before any authentication or parsing."""
-    carried = _body_kind(request)
-    if carried is None or carried == kind:
+    """Refuse with 415, before any authentication or parsing, a request whose body or
+    Content-Type is of the other kind. Neither saying anything (an empty body, text/plain
+    over something else) is left to the parser, which refuses it as malformed (400)."""
+    carried = {_body_kind(request.body), _declared_kind(request)} - {None}
+    if carried <= {kind}:
         return
     if kind == "soap":
         raise soap.rejected(

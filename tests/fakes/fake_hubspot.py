@@ -244,7 +244,10 @@ class FakeHubSpot:
         with self._lock:
             if self._rate_limited > 0:
                 self._rate_limited -= 1
-                response = _error(429, "You have reached your secondly limit.", "RATE_LIMITS", errorType="RATE_LIMIT", policyName="SECONDLY")
+                response = _error(
+                    429, "You have reached your ten_secondly_rolling limit.", "RATE_LIMITS",
+                    errorType="RATE_LIMIT", policyName="TEN_SECONDLY_ROLLING",
+                )
                 if self._retry_after is not None:
                     response.headers["Retry-After"] = self._retry_after
                 return recorded, self._answer(recorded, response)
