@@ -1,4 +1,5 @@
-"""The inbound SMTP listener for asynchronous bounces (RFC 3464) and complaints (RFC 5965).
+"""The inbound SMTP listener for asynchronous bounces (RFC 3464), complaints (RFC 5965) and
+the `mailto:` unsubscribe requests of List-Unsubscribe.
 
 It runs inside the caller's event loop (not aiosmtpd's threaded controller) so it can write
 to the same database engine as the rest of the process.
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from email import policy
+from email.parser import BytesParser
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from core.bounces import BounceReport, parse_reports
 from core.compose import tokens_for
-from core.engagement import record_bounce
+from core.engagement import record_bounce, unsubscribe
 from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,22 @@ async def apply_report(rt: Runtime, report: BounceReport) -> str:
     return await record_bounce(rt, kind=report.kind, message_id=message_id, address=report.recipient, detail=detail)
 
 
+_UNSUBSCRIBE_SUBJECT = re.compile(r"\bunsubscribe-([0-9a-f]+\.[0-9a-f]+)\b", re.IGNORECASE)
+
+
+async def apply_mailto_unsubscribe(rt: Runtime, raw: bytes) -> str | None:
+    """The `mailto:` half of List-Unsubscribe: a reader's client mails us a subject of
+    `unsubscribe-{token}`. The token is signed, so only someone who got the email can send it.
+    None when the mail is not such a request."""
+    subject = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True).get("Subject", "")
+    match = _UNSUBSCRIBE_SUBJECT.search(str(subject))
+    message_id = tokens_for(rt).read_bounce(match.group(1)) if match else None
+    if message_id is None:
+        return None
+    done = await unsubscribe(rt, message_id, via="mailto")
+    return f"unsubscribed NPI {done['npi']} by mail" if done else "ignored: unsubscribe for an unknown email"
+
+
 class BounceHandler:
     def __init__(self, rt: Runtime):
         self.rt = rt
@@ -38,6 +58,15 @@ class BounceHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content: Any = envelope.original_content or envelope.content or b""
         raw = content if isinstance(content, bytes) else str(content).encode()
+        try:
+            unsubscribed = await apply_mailto_unsubscribe(self.rt, raw)
+        except Exception:  # noqa: BLE001 - the sender must not retry a request we cannot use
+            log.exception("mailto unsubscribe failed")
+            unsubscribed = "error"
+        if unsubscribed is not None:
+            self.results.append(unsubscribed)
+            log.info("mailto unsubscribe from %s: %s", envelope.mail_from, unsubscribed)
+            return "250 OK"
         for report in parse_reports(raw, envelope_to=list(envelope.rcpt_tos)):
             try:
                 result = await apply_report(self.rt, report)

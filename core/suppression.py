@@ -17,6 +17,8 @@ newsletters does not cancel a requested sample confirmation)."""
 
 
 async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:
+    """Why this HCP must not get this campaign, or None. An address-level block stops only
+    that address (the decision picks another), unless it leaves the HCP no usable address."""
     addresses = select(hcp_emails.c.address).where(hcp_emails.c.npi == npi).scalar_subquery()
     query = (
         select(suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
@@ -26,14 +28,23 @@ async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Ca
         )
         .order_by(suppressions.c.created_at)
     )
+    blocked: dict[str, str] = {}
     for reason, address, campaign_id, created_at in await connection.execute(query):
         if campaign.kind == "transactional" and reason in MARKETING_ONLY:
             continue
         if address is not None:
-            # An address-level block stops only that address, unless it is the HCP's last one.
+            blocked.setdefault(address, reason)
             continue
         scope = f" from {campaign_id}" if campaign_id else ""
         return f"{reason}{scope} since {created_at:%Y-%m-%d %H:%M} UTC"
+    if not blocked:
+        return None
+    usable = set(
+        (await connection.execute(select(hcp_emails.c.address).where(hcp_emails.c.npi == npi, hcp_emails.c.status == "ok"))).scalars()
+    )
+    if usable and usable <= blocked.keys():
+        reasons = ", ".join(sorted({blocked[address] for address in usable}))
+        return f"every address of NPI {npi} is on the suppression list ({reasons})"
     return None
 
 
@@ -94,6 +105,13 @@ async def remove_suppressions(connection: AsyncConnection, *, npi: str | None = 
     return result.rowcount or 0
 
 
-async def list_suppressions(connection: AsyncConnection, *, limit: int = 1000) -> list[dict[str, Any]]:
-    rows = await connection.execute(select(suppressions).order_by(suppressions.c.created_at.desc()).limit(limit))
+async def list_suppressions(
+    connection: AsyncConnection, *, npi: str | None = None, address: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    query = select(suppressions).order_by(suppressions.c.created_at.desc(), suppressions.c.id.desc()).limit(limit)
+    if npi:
+        query = query.where(suppressions.c.npi == npi)
+    if address:
+        query = query.where(suppressions.c.address == address.lower())
+    rows = await connection.execute(query)
     return [dict(row) for row in rows.mappings()]

@@ -21,49 +21,71 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _target(body: Any) -> tuple[str | None, str | None]:
+    """The NPI or the address a suppression request is about (exactly one of them)."""
     if not isinstance(body, dict):
         raise HTTPProblem(422, "body must be a JSON object", "body")
-    npi, address = body.get("npi"), body.get("email")
+    npi, address = body.get("npi") or None, body.get("email") or None
     if not npi and not address:
         raise HTTPProblem(422, "give npi or email", "npi")
-    if npi and npi_problem(npi):
-        raise HTTPProblem(422, npi_problem(npi) or "", "npi")
+    if npi and address:
+        raise HTTPProblem(422, "give npi or email, not both: one suppression blocks an HCP or one address", "email")
+    if npi and (not isinstance(npi, str) or npi_problem(npi)):
+        raise HTTPProblem(422, npi_problem(str(npi)) or "npi must be a string", "npi")
     if address and (not isinstance(address, str) or email_problem(address)):
         raise HTTPProblem(422, f"invalid email address {address!r}", "email")
-    return npi, address
+    return npi, address.lower() if address else None
+
+
+def _suppression_json(row: dict[str, Any]) -> dict[str, Any]:
+    return _json({
+        "id": row["id"], "npi": row["npi"], "email": row["address"], "campaign_id": row["campaign_id"],
+        "reason": row["reason"], "detail": row["detail"], "created_at": row["created_at"],
+    })
+
+
+def _short_text(body: dict[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > limit):
+        raise HTTPProblem(422, f"{name} must be a string of at most {limit} characters", name)
+    return value or None
 
 
 @api_key_required
 async def suppressions(request: Request) -> Response:
     """
-    summary: "The suppression list: GET lists, POST adds {npi or email, reason}, DELETE removes by npi or email"
+    summary: "The suppression list: GET lists (?npi= / ?email= filter), POST adds {npi or email, reason, campaign_id?, detail?}, DELETE removes by npi or email (body or query)"
     responses:
-      200: {description: "{suppressions: [...]} or {removed}"}
-      201: {description: "{id}"}
+      200: {description: "{suppressions: [{id, npi, email, campaign_id, reason, detail, created_at}]} or {removed}"}
+      201: {description: "{id, npi, email, campaign_id, reason}"}
       422: {description: Invalid field}
     """
     rt = runtime(request)
     if request.method == "GET":
+        query = request.query_params
         async with rt.db.connect() as connection:
-            rows = await list_suppressions(connection)
-        return JSONResponse({"suppressions": [_json(row) for row in rows]})
-    if request.method == "DELETE" and not request.headers.get("content-length") and request.query_params:
+            rows = await list_suppressions(connection, npi=query.get("npi"), address=query.get("email"))
+        return JSONResponse({"suppressions": [_suppression_json(row) for row in rows]})
+    if request.method == "DELETE" and not await request.body():
         body: Any = dict(request.query_params)
     else:
         body = await read_json(request)
     npi, address = _target(body)
-    async with rt.db.begin() as connection:
-        if request.method == "DELETE":
+    if request.method == "DELETE":
+        async with rt.db.begin() as connection:
             removed = await remove_suppressions(connection, npi=npi, address=address)
-            return JSONResponse({"removed": removed})
-        reason = body.get("reason") or "manual"
-        if not isinstance(reason, str) or len(reason) > 32:
-            raise HTTPProblem(422, "reason must be a short string", "reason")
+        return JSONResponse({"removed": removed})
+    reason = _short_text(body, "reason", 32) or "manual"
+    campaign_id = _short_text(body, "campaign_id", 128)
+    if campaign_id and rt.config.campaign(campaign_id) is None:
+        raise HTTPProblem(422, f"unknown campaign {campaign_id!r}", "campaign_id")
+    detail = _short_text(body, "detail", 1000)
+    async with rt.db.begin() as connection:
         suppression_id = await add_suppression(
-            connection, reason=reason, now=rt.clock.now(), npi=npi, address=address,
-            campaign_id=body.get("campaign_id"), detail=body.get("detail"),
+            connection, reason=reason, now=rt.clock.now(), npi=npi, address=address, campaign_id=campaign_id, detail=detail,
         )
-    return JSONResponse({"id": suppression_id, "npi": npi, "email": address, "reason": reason}, status_code=201)
+    return JSONResponse(
+        {"id": suppression_id, "npi": npi, "email": address, "campaign_id": campaign_id, "reason": reason}, status_code=201
+    )
 
 
 @api_key_required
