@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 async def apply_report(rt: Runtime, report: BounceReport) -> str:
     """Act on one report. A report is unauthenticated mail, so it counts only when its VERP
-    token is one we signed, or its recipient is an address in our directory."""
+    token is one we signed, or its recipient is an address we sent email to."""
     if report.kind == "unknown":
         return "ignored: not a bounce or complaint"
     message_id = tokens_for(rt).read_bounce(report.token) if report.token else None

@@ -89,9 +89,17 @@ async def push_outbox(rt: Runtime, sinks: Mapping[str, ActivitySink], *, max_bat
                 log.exception("push to %s failed", crm)
                 results = [PushResult(activity.id, ok=False, error=f"{type(exc).__name__}: {exc}") for activity in batch]
             await _record_results(rt, batch, results, counts)
-            if any(result.retry_after for result in results):
+            if _crm_unavailable(results):
                 break
     return counts
+
+
+def _crm_unavailable(results: list[PushResult]) -> bool:
+    """A 429, or a whole batch refused for a retryable reason (5xx, network): the CRM is
+    struggling, so its next batches wait for their turn instead of failing one by one."""
+    if any(result.retry_after for result in results):
+        return True
+    return bool(results) and all(not result.ok and not result.permanent for result in results)
 
 
 async def _claim_batch(rt: Runtime, crm: str, size: int) -> list[Activity]:

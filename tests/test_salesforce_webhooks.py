@@ -36,6 +36,8 @@ LEAD = "00Q5g00000AbCdEAAZ"
 CONTACT = "0035g00000NOtUbAAL"
 SOAP = {"soapenv": "http://schemas.xmlsoap.org/soap/envelope/", "om": "http://soap.sforce.com/2005/09/outbound"}
 SUBJECT = "New asthma data for Pulmonary Disease practices"
+BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+SOAP_HEADERS = {"content-type": "text/xml; charset=utf-8", "soapaction": '""'}
 
 TRIGGERS: list[dict[str, Any]] = [
     {"from": "salesforce", "on": "record_change", "send": "asthma-launch",
@@ -121,11 +123,7 @@ async def deliver(h: Harness, payload: str | bytes, *, route: str | None = None,
     is_xml = payload.endswith(".xml") if isinstance(payload, str) else body.lstrip()[:1] == b"<"
     route = route or ("outbound" if is_xml else "events")
     if headers is None:
-        headers = (
-            {"content-type": "text/xml; charset=utf-8", "soapaction": '""'}
-            if route == "outbound"
-            else {"content-type": "application/json", "authorization": f"Bearer {SECRET}"}
-        )
+        headers = SOAP_HEADERS if route == "outbound" else {"content-type": "application/json", "authorization": f"Bearer {SECRET}"}
     response = await h.client.post(f"/webhooks/salesforce/{route}", content=body, headers=headers)
     await drain(h.rt)
     return Delivery(response.status_code, response.text, await outcomes(h))
@@ -326,9 +324,10 @@ async def test_events_without_valid_credentials_are_401(harness: Harness, creden
 async def test_a_failed_store_is_a_server_fault_and_the_retry_is_acknowledged(harness: Harness) -> None:
     async with harness.rt.db.begin() as connection:
         await connection.execute(text("ALTER TABLE inbound_events RENAME TO inbound_events_away"))
-    failed = await deliver(harness, "outbound_contact.xml")
+    response = await harness.client.post("/webhooks/salesforce/outbound", content=fixture("outbound_contact.xml"), headers=SOAP_HEADERS)
     async with harness.rt.db.begin() as connection:
         await connection.execute(text("ALTER TABLE inbound_events_away RENAME TO inbound_events"))
+    failed = Delivery(response.status_code, response.text)
     assert failed.fault[:2] == (500, "soapenv:Server") and harness.smtp.messages == []
     retried = await deliver(harness, "outbound_contact.xml")
     assert retried.ack and retried.outcomes == {"04l5g00000Gx7QzAAJ": ["sent to jane.doe@clinic.example"]}
@@ -387,7 +386,7 @@ async def test_sent_and_opened_become_completed_tasks_on_the_lead(harness: Harne
     pixel = re.search(r"/t/o/[A-Za-z0-9._\-]+", email.get_body(("html",)).get_content())
     assert pixel is not None
     harness.clock.advance(timedelta(minutes=5))  # a person, not a prefetcher right after delivery
-    assert (await harness.client.get(pixel.group(0), headers={"user-agent": "Mozilla/5.0"})).status_code == 200
+    assert (await harness.client.get(pixel.group(0), headers={"user-agent": BROWSER})).status_code == 200
     assert await push(harness) == {"pushed": 1, "retried": 0, "dead": 0}
 
     sent, opened = tasks(fake)

