@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from connectors.base import Connector
+from core.db import triggers
 from core.directory import add_address
 from core.inbound import claim_event, event_from_row, finish_event
 from core.npi import npi_problem
@@ -61,7 +62,7 @@ async def _process(rt: Runtime, event: Any) -> str:
             data["url"] = event.url
         result = await accept_trigger(
             rt,
-            npi=npi or f"(none on {event.object_type} {event.object_id})",
+            npi=_shown_npi(npi, event),
             campaign_id=rule.send,
             data=data,
             source=event.source,
@@ -70,3 +71,17 @@ async def _process(rt: Runtime, event: Any) -> str:
         )
         accepted.append(result.id)
     return "triggers " + ", ".join(accepted)
+
+
+_NPI_WIDTH: int = getattr(triggers.c.npi.type, "length", None) or 64
+
+
+def _shown_npi(npi: str, event: Any) -> str:
+    """What the trigger records as its NPI: the value found, else which record lacked one, so
+    its `invalid_npi` outcome names the record. Either is cut to the column's width: a long
+    custom object name or a stray value in the NPI field must not fail the insert (PostgreSQL
+    enforces the width) and leave no trigger to show."""
+    shown = npi or f"(none on {event.object_type} {event.object_id})"
+    if len(shown) > _NPI_WIDTH and not npi:
+        shown = f"(none on {event.object_id})"
+    return shown if len(shown) <= _NPI_WIDTH else shown[: _NPI_WIDTH - 1] + "…"

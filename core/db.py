@@ -26,7 +26,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -267,7 +266,7 @@ class Database:
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
-            self.engine: AsyncEngine = create_async_engine(self.url, poolclass=NullPool)
+            self.engine: AsyncEngine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
             _sqlite_pragmas(self.engine)
         else:
             self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

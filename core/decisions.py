@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
 from core.campaigns import is_paused
-from core.db import hcps, messages, new_id, triggers
-from core.directory import address_counts, deliverable_addresses, get_hcp
+from core.db import hcp_emails, hcps, messages, new_id, triggers
+from core.directory import SOURCE_PRIORITY
 from core.npi import npi_problem
 from core.metrics import TRIGGERS
 from core.queue import SEND_MESSAGE
 from core.render import render_campaign
 from core.runtime import Runtime
-from core.suppression import suppressed_addresses, suppression_reason
+from core.suppression import suppression_check
 
 log = logging.getLogger(__name__)
 
@@ -52,52 +52,86 @@ def audience_problem(campaign: Campaign, hcp: dict[str, Any]) -> str | None:
     return None
 
 
+async def contact_history(
+    connection: AsyncConnection, config: Config, npi: str, campaign_id: str, since: datetime
+) -> tuple[datetime | None, int]:
+    """One query over this HCP's emails: when this campaign last reached them (sent or
+    opened, whichever is later) and how many capped (marketing) emails went out since `since`."""
+    moment = func.coalesce(messages.c.sent_at, messages.c.created_at)
+    uncapped = [c.id for c in config.campaigns if c.kind == "transactional"]
+    mine = messages.c.campaign_id == campaign_id
+    capped = moment >= since
+    if uncapped:
+        capped = and_(capped, messages.c.campaign_id.not_in(uncapped))
+    row = await connection.execute(
+        select(
+            func.max(case((mine, moment))),
+            func.max(case((mine, messages.c.opened_at))),
+            func.count(case((capped, 1))),
+        ).where(messages.c.npi == npi, messages.c.status.in_(ACTIVE))
+    )
+    last_sent, last_open, recent = row.one()
+    moments = [value for value in (last_sent, last_open) if value is not None]
+    return (max(moments) if moments else None), int(recent or 0)
+
+
 async def last_contact(connection: AsyncConnection, npi: str, campaign_id: str) -> datetime | None:
     """When this HCP last received (or opened) an email of this campaign."""
-    sent = func.coalesce(messages.c.sent_at, messages.c.created_at)
+    moment = func.coalesce(messages.c.sent_at, messages.c.created_at)
     row = await connection.execute(
-        select(func.max(sent), func.max(messages.c.opened_at)).where(
+        select(func.max(moment), func.max(messages.c.opened_at)).where(
             messages.c.npi == npi, messages.c.campaign_id == campaign_id, messages.c.status.in_(ACTIVE)
         )
     )
-    last_sent, last_open = row.one()
-    moments = [moment for moment in (last_sent, last_open) if moment is not None]
+    moments = [value for value in row.one() if value is not None]
     return max(moments) if moments else None
 
 
-async def sends_since(connection: AsyncConnection, npi: str, since: datetime) -> int:
-    sent = func.coalesce(messages.c.sent_at, messages.c.created_at)
-    row = await connection.execute(
-        select(func.count()).where(
-            messages.c.npi == npi, messages.c.status.in_(ACTIVE), messages.c.created_at >= since - timedelta(days=1), sent >= since
-        )
+async def address_book(connection: AsyncConnection, npi: str) -> list[dict[str, Any]]:
+    """All of the HCP's addresses, best first: directory before other sources, then rank."""
+    rows = await connection.execute(
+        select(hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id)
+        .where(hcp_emails.c.npi == npi)
     )
-    return int(row.scalar_one())
+    book = [dict(row) for row in rows.mappings()]
+    book.sort(key=lambda entry: (SOURCE_PRIORITY.get(entry["source"], 10), entry["rank"], entry["id"]))
+    return book
 
 
-async def pick_address(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:
-    blocked = await suppressed_addresses(connection, npi, campaign)
-    for candidate in await deliverable_addresses(connection, npi):
-        if candidate["address"] not in blocked:
-            return candidate["address"]
+def first_deliverable(book: list[dict[str, Any]], blocked: set[str]) -> str | None:
+    for entry in book:
+        if entry["status"] == "ok" and entry["address"] not in blocked:
+            return str(entry["address"])
     return None
 
 
-async def decide(rt: Runtime, trigger_id: str) -> Decision | None:
-    """Decide a pending trigger; None when it was already decided (a duplicate job)."""
+async def pick_address(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:
+    _reason, blocked = await suppression_check(connection, npi, campaign)
+    return first_deliverable(await address_book(connection, npi), blocked)
+
+
+async def decide(rt: Runtime, trigger_id: str, *, enqueue_send: bool = True) -> Decision | None:
+    """Decide a pending trigger; None when it was already decided (a duplicate job).
+
+    The worker sends right away in the same job (`enqueue_send=False`); a message whose
+    sender died before sending stays `queued` and is re-enqueued by the sweep."""
     async with rt.db.begin() as connection:
         now = rt.clock.now()
-        claimed = await connection.execute(
-            update(triggers).where(triggers.c.id == trigger_id, triggers.c.status == "pending").values(decided_at=now)
-        )
-        if claimed.rowcount != 1:
+        trigger = (
+            await connection.execute(
+                update(triggers)
+                .where(triggers.c.id == trigger_id, triggers.c.status == "pending")
+                .values(decided_at=now)
+                .returning(*triggers.c)
+            )
+        ).mappings().first()
+        if trigger is None:
             return None
-        trigger = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().one()
         decision = await _decide(connection, rt.config, trigger, now)
         await connection.execute(
             update(triggers).where(triggers.c.id == trigger_id).values(status=decision.status, reason=decision.reason)
         )
-    if decision.message_id:
+    if decision.message_id and enqueue_send:
         await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
     TRIGGERS.labels(decision.status).inc()
     log.info("trigger %s → %s (%s)", trigger_id, decision.status, decision.reason)
@@ -115,21 +149,27 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
     if await is_paused(connection, campaign):
         return Decision("campaign_paused", f"campaign {campaign.id} is paused")
     # The HCP row lock: from here on, decisions for this NPI are serialised.
-    locked = await connection.execute(update(hcps).where(hcps.c.npi == npi).values(send_seq=hcps.c.send_seq + 1))
-    if locked.rowcount != 1:
+    hcp = (
+        await connection.execute(
+            update(hcps).where(hcps.c.npi == npi).values(send_seq=hcps.c.send_seq + 1).returning(*hcps.c)
+        )
+    ).mappings().first()
+    if hcp is None:
         return Decision("unknown_hcp", f"NPI {npi} is not in the HCP directory")
-    hcp = await get_hcp(connection, npi)
-    assert hcp is not None
+    hcp = dict(hcp)
     problem = audience_problem(campaign, hcp)
     if problem:
         return Decision("not_in_audience", problem)
-    reason = await suppression_reason(connection, npi, campaign)
+    reason, blocked = await suppression_check(connection, npi, campaign)
     if reason:
         return Decision("suppressed", reason)
-    counts = await address_counts(connection, npi)
-    if counts and counts.get("ok", 0) == 0 and counts.get("hard_bounced", 0) > 0:
-        return Decision("suppressed", f"all {counts['hard_bounced']} address(es) of NPI {npi} hard-bounced")
-    last = await last_contact(connection, npi, campaign.id)
+    book = await address_book(connection, npi)
+    bounced = sum(1 for entry in book if entry["status"] == "hard_bounced")
+    if book and bounced and not any(entry["status"] == "ok" for entry in book):
+        return Decision("suppressed", f"all {bounced} address(es) of NPI {npi} hard-bounced")
+    cap = config.limits.per_hcp
+    since = now - cap.per if cap is not None else now
+    last, recent = await contact_history(connection, config, npi, campaign.id, since)
     if last is not None and last + campaign.cooldown > now:
         until = last + campaign.cooldown
         return Decision(
@@ -137,14 +177,11 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
             f"{campaign.id} reached NPI {npi} on {last:%Y-%m-%d %H:%M} UTC; cooldown "
             f"{format_duration(campaign.cooldown)} runs until {until:%Y-%m-%d %H:%M} UTC",
         )
-    cap = config.limits.per_hcp
-    if cap is not None and campaign.kind == "marketing":
-        recent = await sends_since(connection, npi, now - cap.per)
-        if recent >= cap.max:
-            return Decision(
-                "frequency_cap", f"NPI {npi} already got {recent} emails in the last {format_duration(cap.per)} (cap {cap.max})"
-            )
-    address = await pick_address(connection, npi, campaign)
+    if cap is not None and campaign.kind == "marketing" and recent >= cap.max:
+        return Decision(
+            "frequency_cap", f"NPI {npi} already got {recent} emails in the last {format_duration(cap.per)} (cap {cap.max})"
+        )
+    address = first_deliverable(book, blocked)
     if address is None:
         return Decision("no_deliverable_email", f"NPI {npi} has no deliverable address")
     try:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import case, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import Database, hcp_emails, hcps, upsert
@@ -152,27 +152,6 @@ async def _write_batch(db: Database, batch: list[_Row], now: datetime, report: I
 async def get_hcp(connection: AsyncConnection, npi: str) -> dict[str, Any] | None:
     row = (await connection.execute(select(hcps).where(hcps.c.npi == npi))).mappings().first()
     return dict(row) if row else None
-
-
-async def deliverable_addresses(connection: AsyncConnection, npi: str) -> list[dict[str, Any]]:
-    """Addresses that may be mailed, best first: directory before other sources, then rank."""
-    priority = case(
-        *[(hcp_emails.c.source == source, weight) for source, weight in SOURCE_PRIORITY.items()], else_=10
-    )
-    rows = await connection.execute(
-        select(hcp_emails)
-        .where(hcp_emails.c.npi == npi, hcp_emails.c.status == "ok")
-        .order_by(priority, hcp_emails.c.rank, hcp_emails.c.id)
-    )
-    return [dict(row) for row in rows.mappings()]
-
-
-async def address_counts(connection: AsyncConnection, npi: str) -> dict[str, int]:
-    rows = await connection.execute(select(hcp_emails.c.status).where(hcp_emails.c.npi == npi))
-    counts: dict[str, int] = {}
-    for (status,) in rows:
-        counts[status] = counts.get(status, 0) + 1
-    return counts
 
 
 async def mark_address(

@@ -8,21 +8,25 @@ Email engagement rules (`from: email`) turn these facts into new triggers, once 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal
 
-from sqlalchemy import String, and_, func, literal, select, update
+from sqlalchemy import String, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import parse_duration
-from core.db import engagement_events, hcp_emails, insert_ignore, messages, rule_firings, triggers
+from core.db import UTCDateTime, engagement_events, insert_ignore, messages, rule_firings, triggers
 from core.decisions import pick_address
 from core.directory import mark_address
 from core.metrics import TRACKING
-from core.outbox import record_activity
+from core.outbox import Fact, record_activities, record_activity
 from core.runtime import Runtime
 from core.scheduler import SweepStep
 from core.suppression import add_suppression
@@ -49,10 +53,15 @@ def is_machine(rt: Runtime, user_agent: str | None, sent_at: datetime | None, no
     """Apple Mail Privacy Protection fetches every pixel with a bare WebKit user agent;
     security gateways announce themselves; and anything within seconds of delivery is a
     prefetch, not a reader."""
-    agent = (user_agent or "").strip()
-    if not agent or agent in _APPLE_MPP or _MACHINE_AGENTS.search(agent):
+    if _machine_agent((user_agent or "").strip()):
         return True
     return sent_at is not None and now - sent_at < rt.config.tracking.machine_open_window
+
+
+@lru_cache(maxsize=4096)
+def _machine_agent(agent: str) -> bool:
+    """Cached: a handful of user agents make most hits, and the pattern is long."""
+    return not agent or agent in _APPLE_MPP or bool(_MACHINE_AGENTS.search(agent))
 
 
 async def _message(connection: AsyncConnection, message_id: str) -> dict[str, Any] | None:
@@ -82,76 +91,252 @@ async def _event(connection: AsyncConnection, message: dict[str, Any], kind: str
 
 
 async def record_open(rt: Runtime, message_id: str, user_agent: str | None) -> bool:
-    """Returns False when the message does not exist or was never sent."""
-    now = rt.clock.now()
-    fired: list[tuple[str, dict[str, Any]]] = []
-    async with rt.db.begin() as connection:
-        message = await _message(connection, message_id)
-        if message is None or message["sent_at"] is None:
-            return False
-        if is_machine(rt, user_agent, message["sent_at"], now):
-            await connection.execute(
-                update(messages).where(messages.c.id == message_id).values(machine_opens=messages.c.machine_opens + 1)
-            )
-            await _event(connection, message, "machine_open", now, user_agent=user_agent)
-            TRACKING.labels("machine_open").inc()
-            return True
-        first = message["opened_at"] is None
-        await connection.execute(
-            update(messages)
-            .where(messages.c.id == message_id)
-            .values(open_count=messages.c.open_count + 1, opened_at=func.coalesce(messages.c.opened_at, now))
-        )
-        await _event(connection, message, "open", now, user_agent=user_agent)
-        if first:
-            await record_activity(rt, connection, message, "opened", now, {"to": message["to_address"]})
-            if rt.config.tracking.engagement == "open":
-                await _cancel_resends(connection, _same_campaign(message), "HCP opened an earlier email")
-            fired = await _email_rules(rt, connection, message, "opened", None, now)
-    TRACKING.labels("open").inc()
-    await _fire(rt, fired)
-    return True
+    """Record a pixel load; False when the message does not exist or was never sent."""
+    return bool(await _writer(rt).submit(Hit("open", message_id, None, user_agent)))
 
 
 async def record_click(rt: Runtime, message_id: str, link_index: int, user_agent: str | None) -> str | None:
-    """The original URL of link `link_index` of that message, or None (no redirect)."""
-    now = rt.clock.now()
-    fired: list[tuple[str, dict[str, Any]]] = []
-    async with rt.db.begin() as connection:
-        message = await _message(connection, message_id)
-        links = (message or {}).get("links") or []
-        if message is None or not (0 <= link_index < len(links)):
+    """Record a click; the original URL of link `link_index` of that message, or None (no redirect)."""
+    return await _writer(rt).submit(Hit("click", message_id, link_index, user_agent))
+
+
+@dataclass
+class Hit:
+    """One pixel load or click, as the tracking route saw it."""
+
+    kind: Literal["open", "click"]
+    message_id: str
+    link_index: int | None
+    user_agent: str | None
+    future: asyncio.Future[Any] | None = None
+
+
+class EngagementWriter:
+    """Group commit for opens and clicks.
+
+    A busy campaign sends bursts of pixel loads; one transaction per hit would make them queue
+    on the database lock (SQLite) or on round trips (PostgreSQL). Hits that arrive while a
+    batch is being written wait and go together in the next transaction, so a lone hit is
+    written at once and a burst costs a few statements per batch. A request is answered only
+    after its hit is committed, so nothing acknowledged is lost.
+    """
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.known = SentMessages()
+        self._pending: list[Hit] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, hit: Hit) -> Any:
+        hit.future = asyncio.get_running_loop().create_future()
+        self._pending.append(hit)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return await hit.future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self._apply(batch)
+
+    async def _apply(self, batch: list[Hit]) -> None:
+        try:
+            results, fired = await write_hits(self.rt, batch, self.known)
+        except Exception as exc:  # noqa: BLE001 - one bad hit must not fail the others in its batch
+            self.known.clear()
+            if len(batch) > 1:
+                for hit in batch:
+                    await self._apply([hit])
+                return
+            _resolve(batch[0], exception=exc)
+            return
+        try:
+            await _fire(self.rt, fired)
+        except Exception:  # noqa: BLE001 - the hit is recorded; a rule that could not fire is logged
+            log.exception("email rule failed to fire")
+        for hit, result in zip(batch, results):
+            _resolve(hit, result=result)
+
+
+def _resolve(hit: Hit, *, result: Any = None, exception: BaseException | None = None) -> None:
+    if hit.future is None or hit.future.done():  # the client went away
+        return
+    if exception is not None:
+        hit.future.set_exception(exception)
+    else:
+        hit.future.set_result(result)
+
+
+def _writer(rt: Runtime) -> EngagementWriter:
+    """One writer per runtime and event loop (tests and `dev` may run several loops in turn)."""
+    loop = asyncio.get_running_loop()
+    held = rt.extras.get("engagement_writer")
+    if held is None or held[0] is not loop:
+        held = rt.extras["engagement_writer"] = (loop, EngagementWriter(rt))
+    return held[1]
+
+
+class SentMessages:
+    """What the tracking routes need of sent messages, kept between batches so a repeat open
+    costs no SELECT: everything here is fixed once the email left, except the first-open and
+    first-click times, which only ever go from empty to set. A copy that is behind another
+    process only repeats first-open side effects, and those are idempotent (outbox dedupe
+    key, rule_firings, COALESCE)."""
+
+    def __init__(self, size: int = 50_000):
+        self.size = size
+        self._rows: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, message_id: str) -> dict[str, Any] | None:
+        row = self._rows.get(message_id)
+        if row is not None:
+            self._rows.move_to_end(message_id)
+        return row
+
+    def put(self, row: dict[str, Any]) -> None:
+        if row["sent_at"] is None:
+            return  # not sent yet: it may be by the next hit
+        self._rows[row["id"]] = row
+        self._rows.move_to_end(row["id"])
+        while len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+@dataclass
+class _Tally:
+    """What a batch of hits changes, gathered in memory and written set-wise."""
+
+    rt: Runtime
+    now: datetime
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    facts: list[Fact] = field(default_factory=list)
+    engaged: dict[tuple[str, str], str] = field(default_factory=dict)
+    rules: list[tuple[dict[str, Any], str, str | None]] = field(default_factory=list)
+
+    def add(self, hit: Hit, message: dict[str, Any] | None) -> Any:
+        """Apply one hit; returns what its route answers with (True / the URL, or None)."""
+        if message is None or message["sent_at"] is None:
             return None
-        url = str(links[link_index])
-        if is_machine(rt, user_agent, message["sent_at"], now):
-            await _event(connection, message, "machine_click", now, link_index=link_index, url=url, user_agent=user_agent)
-            TRACKING.labels("machine_click").inc()
-            return url
-        first_open = message["opened_at"] is None
-        await connection.execute(
-            update(messages)
-            .where(messages.c.id == message_id)
-            .values(
-                click_count=messages.c.click_count + 1,
-                clicked_at=func.coalesce(messages.c.clicked_at, now),
-                # A click proves the email was opened, even with images blocked.
-                opened_at=func.coalesce(messages.c.opened_at, now),
-                open_count=messages.c.open_count + (1 if first_open else 0),
-            )
+        if hit.kind == "open":
+            self._open(hit, message)
+            return True
+        links = message["links"] or []
+        if hit.link_index is None or not 0 <= hit.link_index < len(links):
+            return None
+        url = str(links[hit.link_index])
+        self._click(hit, message, hit.link_index, url)
+        return url
+
+    def _count(self, message: dict[str, Any]) -> dict[str, Any]:
+        return self.counts.setdefault(
+            message["id"], {"mid": message["id"], "opens": 0, "machine": 0, "clicks": 0, "opened": None, "clicked": None}
         )
-        await _event(connection, message, "click", now, link_index=link_index, url=url, user_agent=user_agent)
-        if first_open:
-            await record_activity(rt, connection, message, "opened", now, {"to": message["to_address"]})
-        await record_activity(
-            rt, connection, message, "clicked", now, {"to": message["to_address"], "link": url}, dedupe=str(link_index)
-        )
-        await _cancel_resends(connection, _same_campaign(message), "HCP clicked an earlier email")
-        fired = await _email_rules(rt, connection, message, "clicked", url, now)
-        if first_open:
-            fired += await _email_rules(rt, connection, message, "opened", None, now)
-    TRACKING.labels("click").inc()
-    await _fire(rt, fired)
-    return url
+
+    def _event(self, message: dict[str, Any], kind: str, hit: Hit, url: str | None = None) -> None:
+        self.events.append({
+            "message_id": message["id"], "npi": message["npi"], "address": message["to_address"], "kind": kind,
+            "link_index": hit.link_index if hit.kind == "click" else None, "url": url, "user_agent": hit.user_agent,
+            "detail": None, "occurred_at": self.now,
+        })
+        TRACKING.labels(kind).inc()
+
+    def _open(self, hit: Hit, message: dict[str, Any]) -> None:
+        if is_machine(self.rt, hit.user_agent, message["sent_at"], self.now):
+            self._count(message)["machine"] += 1
+            self._event(message, "machine_open", hit)
+            return
+        self._count(message)["opens"] += 1
+        self._event(message, "open", hit)
+        self._first_open(message)
+
+    def _first_open(self, message: dict[str, Any]) -> None:
+        if message["opened_at"] is not None:
+            return
+        message["opened_at"] = self._count(message)["opened"] = self.now
+        self.facts.append(Fact(message, "opened", {"to": message["to_address"]}))
+        if self.rt.config.tracking.engagement == "open":
+            self.engaged[(message["npi"], message["campaign_id"])] = "HCP opened an earlier email"
+        self.rules.append((message, "opened", None))
+
+    def _click(self, hit: Hit, message: dict[str, Any], index: int, url: str) -> None:
+        if is_machine(self.rt, hit.user_agent, message["sent_at"], self.now):
+            self._event(message, "machine_click", hit, url)
+            return
+        counts = self._count(message)
+        if message["opened_at"] is None:
+            counts["opens"] += 1  # a click proves the email was opened, even with images blocked
+        self._first_open(message)
+        counts["clicks"] += 1
+        if message["clicked_at"] is None:
+            message["clicked_at"] = counts["clicked"] = self.now
+        self._event(message, "click", hit, url)
+        self.facts.append(Fact(message, "clicked", {"to": message["to_address"], "link": url}, dedupe=str(index)))
+        self.engaged[(message["npi"], message["campaign_id"])] = "HCP clicked an earlier email"
+        self.rules.append((message, "clicked", url))
+
+
+_BUMP = (
+    update(messages)
+    .where(messages.c.id == bindparam("mid"))
+    .values(
+        open_count=messages.c.open_count + bindparam("opens"),
+        machine_opens=messages.c.machine_opens + bindparam("machine"),
+        click_count=messages.c.click_count + bindparam("clicks"),
+        opened_at=func.coalesce(messages.c.opened_at, bindparam("opened", type_=UTCDateTime)),
+        clicked_at=func.coalesce(messages.c.clicked_at, bindparam("clicked", type_=UTCDateTime)),
+    )
+)
+
+
+async def write_hits(
+    rt: Runtime, batch: list[Hit], known: SentMessages | None = None
+) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
+    """Write a batch of hits in one transaction; returns each hit's answer and the email
+    rules they fired (to run once committed)."""
+    known = known if known is not None else SentMessages()
+    tally = _Tally(rt, rt.clock.now())
+    async with rt.db.begin() as connection:
+        found = await _messages_by_id(connection, {hit.message_id for hit in batch}, known)
+        results = [tally.add(hit, found.get(hit.message_id)) for hit in batch]
+        if tally.counts:
+            await connection.execute(_BUMP, list(tally.counts.values()))
+        if tally.events:
+            await connection.execute(engagement_events.insert(), tally.events)
+        if tally.facts:
+            await record_activities(rt, connection, tally.facts, tally.now)
+        if tally.engaged:
+            where = or_(*(and_(messages.c.npi == npi, messages.c.campaign_id == campaign) for npi, campaign in tally.engaged))
+            await _cancel_resends(connection, where, next(iter(tally.engaged.values())))
+        fired = []
+        for message, on, url in tally.rules:
+            fired += await _email_rules(rt, connection, message, on, url, tally.now)
+    for message in found.values():
+        known.put(message)  # committed: the batch's first opens and clicks are now facts
+    return results, fired
+
+
+_SENT_COLUMNS = [
+    messages.c.id, messages.c.trigger_id, messages.c.npi, messages.c.campaign_id, messages.c.to_address,
+    messages.c.subject, messages.c.sent_at, messages.c.opened_at, messages.c.clicked_at, messages.c.links,
+]
+
+
+async def _messages_by_id(connection: AsyncConnection, ids: set[str], known: SentMessages) -> dict[str, dict[str, Any]]:
+    """Copies (the batch may roll back) of the messages hit, from `known` or the database."""
+    found: dict[str, dict[str, Any]] = {}
+    for message_id in ids:
+        row = known.get(message_id)
+        if row is not None:
+            found[message_id] = dict(row)
+    missing = ids - found.keys()
+    if missing:
+        rows = await connection.execute(select(*_SENT_COLUMNS).where(messages.c.id.in_(missing)))
+        found.update((row["id"], dict(row)) for row in rows.mappings())
+    return found
 
 
 async def unsubscribe(rt: Runtime, message_id: str, *, via: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ accepted it, and is dead-lettered after too many failures, to be retried by hand
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Protocol
 
@@ -35,6 +36,21 @@ def destination(rt: Runtime, trigger: Mapping[str, Any]) -> tuple[str | None, di
     return crm, ref
 
 
+@dataclass
+class Fact:
+    """One engagement fact about one sent message, waiting to become an outbox row."""
+
+    message: Mapping[str, Any]
+    kind: str
+    details: dict[str, Any] = field(default_factory=dict)
+    dedupe: str | None = None
+    """Tells apart facts of one kind on one message that are each worth a row (the link of a click)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.message['id']}:{self.kind}" + (f":{self.dedupe}" if self.dedupe else "")
+
+
 async def record_activity(
     rt: Runtime,
     connection: AsyncConnection,
@@ -46,24 +62,43 @@ async def record_activity(
     dedupe: str | None = None,
 ) -> bool:
     """Queue one activity for the CRM the trigger came from; a repeat of the same fact is ignored."""
-    trigger = (
-        await connection.execute(select(triggers.c.source_ref).where(triggers.c.id == message["trigger_id"]))
-    ).mappings().first()
-    if trigger is None:
-        return False
-    crm, ref = destination(rt, trigger)
-    if not crm:
-        return False
-    key = f"{message['id']}:{kind}" + (f":{dedupe}" if dedupe else "")
-    result = await connection.execute(
-        insert_ignore(connection, outbox, conflict=["dedupe_key"]).values(
-            crm=crm, kind=kind, dedupe_key=key, npi=message["npi"], campaign_id=message["campaign_id"],
-            message_id=message["id"], subject=message["subject"] or "", object_type=ref.get("object_type"),
-            object_id=ref.get("object_id"), details=details or {}, occurred_at=now, status="pending",
-            attempts=0, next_attempt_at=now, created_at=now,
-        )
+    return bool(await record_activities(rt, connection, [Fact(message, kind, details or {}, dedupe)], now))
+
+
+async def record_activities(rt: Runtime, connection: AsyncConnection, facts: list[Fact], now: datetime) -> int:
+    """Queue many facts in two statements (the tracking routes write opens and clicks in
+    batches); returns how many rows were new."""
+    trigger_ids = {fact.message["trigger_id"] for fact in facts}
+    if not trigger_ids:
+        return 0
+    refs = dict(
+        (await connection.execute(select(triggers.c.id, triggers.c.source_ref).where(triggers.c.id.in_(trigger_ids)))).all()
     )
-    return bool(result.rowcount)
+    rows: dict[str, dict[str, Any]] = {}
+    for fact in facts:
+        if fact.message["trigger_id"] not in refs:
+            continue
+        crm, ref = destination(rt, {"source_ref": refs[fact.message["trigger_id"]]})
+        if crm and fact.key not in rows:
+            rows[fact.key] = _outbox_row(fact, crm, ref, now)
+    if not rows:
+        return 0
+    statement = insert_ignore(connection, outbox, conflict=["dedupe_key"])
+    if len(rows) == 1:
+        result = await connection.execute(statement.values(**next(iter(rows.values()))))
+        return result.rowcount or 0
+    result = await connection.execute(statement, list(rows.values()))
+    return result.rowcount or 0
+
+
+def _outbox_row(fact: Fact, crm: str, ref: dict[str, Any], now: datetime) -> dict[str, Any]:
+    message = fact.message
+    return {
+        "crm": crm, "kind": fact.kind, "dedupe_key": fact.key, "npi": message["npi"], "campaign_id": message["campaign_id"],
+        "message_id": message["id"], "subject": message["subject"] or "", "object_type": ref.get("object_type"),
+        "object_id": ref.get("object_id"), "details": fact.details, "occurred_at": now, "status": "pending",
+        "attempts": 0, "next_attempt_at": now, "created_at": now,
+    }
 
 
 def backoff(attempts: int) -> timedelta:
@@ -89,9 +124,23 @@ async def push_outbox(rt: Runtime, sinks: Mapping[str, ActivitySink], *, max_bat
                 log.exception("push to %s failed", crm)
                 results = [PushResult(activity.id, ok=False, error=f"{type(exc).__name__}: {exc}") for activity in batch]
             await _record_results(rt, batch, results, counts)
+            wait = max((result.retry_after or 0 for result in results), default=0)
+            if wait:
+                await _pause(rt, crm, rt.clock.now() + timedelta(seconds=wait))
             if _crm_unavailable(results):
                 break
     return counts
+
+
+async def _pause(rt: Runtime, crm: str, until: datetime) -> None:
+    """Honour a CRM's Retry-After for its whole queue, in the database, so every worker's
+    pusher waits and not only for the batch that was refused."""
+    async with rt.db.begin() as connection:
+        await connection.execute(
+            update(outbox)
+            .where(outbox.c.crm == crm, outbox.c.status == "pending", outbox.c.next_attempt_at < until)
+            .values(next_attempt_at=until)
+        )
 
 
 def _crm_unavailable(results: list[PushResult]) -> bool:

@@ -16,11 +16,11 @@ MARKETING_ONLY = {"unsubscribed"}
 newsletters does not cancel a requested sample confirmation)."""
 
 
-async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:
-    """Why this HCP must not get this campaign, or None. An address-level block stops only
-    that address (the decision picks another), unless it leaves the HCP no usable address."""
+async def suppression_check(connection: AsyncConnection, npi: str, campaign: Campaign) -> tuple[str | None, set[str]]:
+    """One query: why the HCP is suppressed for `campaign` (or None), and which of their
+    addresses are blocked on their own."""
     addresses = select(hcp_emails.c.address).where(hcp_emails.c.npi == npi).scalar_subquery()
-    query = (
+    rows = await connection.execute(
         select(suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
         .where(
             or_(suppressions.c.npi == npi, suppressions.c.address.in_(addresses)),
@@ -28,38 +28,21 @@ async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Ca
         )
         .order_by(suppressions.c.created_at)
     )
-    blocked: dict[str, str] = {}
-    for reason, address, campaign_id, created_at in await connection.execute(query):
-        if campaign.kind == "transactional" and reason in MARKETING_ONLY:
+    reason: str | None = None
+    blocked: set[str] = set()
+    for why, address, campaign_id, created_at in rows:
+        if campaign.kind == "transactional" and why in MARKETING_ONLY:
             continue
         if address is not None:
-            blocked.setdefault(address, reason)
-            continue
-        scope = f" from {campaign_id}" if campaign_id else ""
-        return f"{reason}{scope} since {created_at:%Y-%m-%d %H:%M} UTC"
-    if not blocked:
-        return None
-    usable = set(
-        (await connection.execute(select(hcp_emails.c.address).where(hcp_emails.c.npi == npi, hcp_emails.c.status == "ok"))).scalars()
-    )
-    if usable and usable <= blocked.keys():
-        reasons = ", ".join(sorted({blocked[address] for address in usable}))
-        return f"every address of NPI {npi} is on the suppression list ({reasons})"
-    return None
+            blocked.add(address)
+        elif reason is None:
+            scope = f" from {campaign_id}" if campaign_id else ""
+            reason = f"{why}{scope} since {created_at:%Y-%m-%d %H:%M} UTC"
+    return reason, blocked
 
 
-async def suppressed_addresses(connection: AsyncConnection, npi: str, campaign: Campaign) -> set[str]:
-    addresses = select(hcp_emails.c.address).where(hcp_emails.c.npi == npi).scalar_subquery()
-    rows = await connection.execute(
-        select(suppressions.c.address, suppressions.c.reason).where(
-            suppressions.c.address.in_(addresses),
-            or_(suppressions.c.campaign_id.is_(None), suppressions.c.campaign_id == campaign.id),
-        )
-    )
-    return {
-        address for address, reason in rows
-        if not (campaign.kind == "transactional" and reason in MARKETING_ONLY)
-    }
+async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:
+    return (await suppression_check(connection, npi, campaign))[0]
 
 
 async def add_suppression(

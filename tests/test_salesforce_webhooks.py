@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 import tracemalloc
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -47,7 +48,7 @@ TRIGGERS: list[dict[str, Any]] = [
     {"from": "salesforce", "on": "record_change", "send": "asthma-launch",
      "where": {"object": "Lead", "field": "Interest__c", "in": ["Asthma", "COPD"]}},
     {"from": "salesforce", "on": "record_change", "send": "asthma-launch",
-     "where": {"object": "HCP_Profile__c", "field": "Specialty__c", "equals": "Pulmonary Disease"}},
+     "where": {"field": "Specialty__c", "equals": "Pulmonary Disease"}},  # any object
     {"from": "salesforce", "on": "form_submission", "send": "asthma-launch", "where": {"form_id": "asthma-sample-request"}},
     {"from": "salesforce", "on": "page_view", "send": "asthma-launch", "where": {"url": "https://pharma.example/asthma/*"}},
     {"from": "salesforce", "on": "created", "send": "cardio-webinar", "where": {"object": "Lead"}},
@@ -349,6 +350,24 @@ async def test_redelivered_event_is_counted_as_duplicate(harness: Harness) -> No
     assert again.body == '{"received":0,"duplicates":1}' and len(harness.smtp.messages) == 1
 
 
+@pytest.mark.xfail(strict=True, reason="pending inbound events are not re-enqueued by the sweep (core/scheduler.py)")
+async def test_acknowledged_notification_whose_job_was_lost_is_still_processed(harness: Harness) -> None:
+    response = await harness.client.post("/webhooks/salesforce/outbound", content=fixture("outbound_contact.xml"), headers=SOAP_HEADERS)
+    assert response.status_code == 200
+    await harness.rt.queue.redis.flushdb()  # type: ignore[union-attr]  # Redis lost the job after the Ack
+    await harness.later(seconds=30)
+    assert await outcomes(harness) == {"04l5g00000Gx7QzAAJ": ["sent to jane.doe@clinic.example"]}
+
+
+@pytest.mark.xfail(strict=True, reason="a failed record fetch marks the event failed for good (connectors/inbound.py)")
+async def test_rate_limited_record_fetch_is_retried_later(harness: Harness, fake: FakeSalesforce) -> None:
+    fake.add_record("Lead", LEAD, NPI__c=JANE)
+    fake.limit_exceeded(retry_after=60)
+    assert (await deliver(harness, "outbound_lead.xml")).ack and harness.smtp.messages == []
+    await harness.later(seconds=61)
+    assert await outcomes(harness) == {"04l5g00000Gx7R0AAJ": ["sent to jane.doe@clinic.example"]}
+
+
 async def test_record_without_npi_is_invalid_npi_naming_the_record(harness: Harness, fake: FakeSalesforce) -> None:
     fake.add_record("Lead", LEAD, NPI__c=None)
     delivery = await deliver(harness, "outbound_lead.xml")
@@ -358,6 +377,13 @@ async def test_record_without_npi_is_invalid_npi_naming_the_record(harness: Harn
 async def test_deleted_record_is_invalid_npi_naming_the_record(harness: Harness) -> None:
     delivery = await deliver(harness, "outbound_lead.xml")  # the fake org has no such Lead: 404
     assert delivery.outcomes == {"04l5g00000Gx7R0AAJ": [f"invalid_npi: npi must be 10 digits, got '(none on Lead {LEAD})'"]}
+
+
+async def test_object_without_an_npi_field_is_invalid_npi_even_with_a_long_name(harness: Harness) -> None:
+    long_name = "Prescriber_Engagement_Profile_Extension__c"  # not in npi_fields
+    body = fixture("outbound_custom_object.xml").replace(b"sf:HCP_Profile__c", f"sf:{long_name}".encode())
+    delivery = await deliver(harness, body)
+    assert delivery.outcomes == {"04l5g00000Gx7T1AAJ": ["invalid_npi: npi must be 10 digits, got '(none on a015g00000XyZ12AAB)'"]}
 
 
 @pytest.mark.parametrize("config_text", [{"use_record_email": True}], indirect=True)
@@ -421,18 +447,34 @@ def outbound_message(contacts: list[tuple[str, str]], batch: int) -> bytes:
     ).encode()
 
 
-async def test_250_sent_emails_reach_salesforce_in_two_collection_calls(
+async def engage(h: Harness, email: Any) -> None:
+    """Open the email, click both tracked links, unsubscribe with one click, like a reader."""
+    html = email.get_body(("html",)).get_content()
+    for path in re.findall(r"/t/[oc]/[A-Za-z0-9._\-]+", html):
+        assert (await h.client.get(path, headers={"user-agent": BROWSER})).status_code in (200, 302)
+    unsubscribe = re.search(r"<https://[^>]+(/u/[^>]+)>", str(email["List-Unsubscribe"]))
+    assert unsubscribe is not None
+    response = await h.client.post(unsubscribe.group(1), content=b"List-Unsubscribe=One-Click",
+                                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200
+
+
+async def test_250_activities_reach_salesforce_in_two_collection_calls(
     harness: Harness, fake: FakeSalesforce, tmp_path: Path
 ) -> None:
-    contacts = [(f"0035g{index:010d}AAA", make_npi(f"1{index:08d}")) for index in range(250)]
+    contacts = [(f"0035g{index:010d}AAA", make_npi(f"1{index:08d}")) for index in range(50)]
     rows = "".join(f"{npi},Pat{i},Lung{i},MD,Pulmonary Disease,NJ,pat{i}@lung.example\n" for i, (_, npi) in enumerate(contacts))
     await load_directory(harness.rt, tmp_path, "npi,first_name,last_name,credential,specialty,state,email\n" + rows)
-    for batch, start in enumerate(range(0, 250, 100)):
-        assert (await deliver(harness, outbound_message(contacts[start : start + 100], batch))).ack
-    assert len(harness.smtp.messages) == 250
+    assert (await deliver(harness, outbound_message(contacts, 1))).ack and len(harness.smtp.messages) == 50
+    harness.clock.advance(timedelta(minutes=5))
+    for email in harness.smtp.messages:
+        await engage(harness, email)  # + opened, 2 × clicked, unsubscribed = 5 activities an email
+
     assert await push(harness) == {"pushed": 250, "retried": 0, "dead": 0}
     assert [len(call.json()["records"]) for call in fake.calls("composite/sobjects", "POST")] == [200, 50]
-    assert sorted(task["WhoId"] for task in tasks(fake)) == sorted(contact_id for contact_id, _ in contacts)
+    by_kind = Counter(task["Subject"].split(":")[0] for task in tasks(fake))
+    assert by_kind == {"Email sent": 50, "Email opened": 50, "Email clicked": 100, "Unsubscribed": 50}
+    assert {task["WhoId"] for task in tasks(fake)} == {contact_id for contact_id, _ in contacts}
 
 
 async def test_request_limit_exceeded_is_retried_after_retry_after(harness: Harness, fake: FakeSalesforce) -> None:

@@ -91,7 +91,7 @@ async def suppressions(request: Request) -> Response:
 @api_key_required
 async def outbox(request: Request) -> Response:
     """
-    summary: CRM activity outbox rows (?status=pending|pushed|dead)
+    summary: CRM activity outbox rows, newest first (?status=pending|pushed|dead, ?limit=1..1000, default 100)
     responses:
       200: {description: "{counts, items}"}
     """
@@ -99,7 +99,10 @@ async def outbox(request: Request) -> Response:
     status = request.query_params.get("status")
     if status not in (None, "pending", "pushed", "dead"):
         raise HTTPProblem(422, "status must be pending, pushed or dead", "status")
-    rows = await list_outbox(rt, status=status)
+    limit = request.query_params.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise HTTPProblem(422, "limit must be a number from 1 to 1000", "limit")
+    rows = await list_outbox(rt, status=status, limit=int(limit))
     return JSONResponse({"counts": await outbox_counts(rt), "items": [_json(row) for row in rows]})
 
 

@@ -16,8 +16,13 @@ def _rt(ctx: dict[str, Any]) -> Runtime:
 
 
 async def process_trigger(ctx: dict[str, Any], trigger_id: str) -> str | None:
-    decision = await decide(_rt(ctx), trigger_id)
-    return decision.status if decision else None
+    rt = _rt(ctx)
+    decision = await decide(rt, trigger_id, enqueue_send=False)
+    if decision is None:
+        return None
+    if decision.message_id:
+        return await send_one(rt, decision.message_id)
+    return decision.status
 
 
 async def send_message(ctx: dict[str, Any], message_id: str) -> str | None:

@@ -23,6 +23,12 @@ JOB_TIMEOUT = 60
 job re-checks the message state before sending, so a short timeout bounds the gap."""
 
 
+MAX_JOBS = 40
+POLL_DELAY = 0.05
+"""arq sleeps `poll_delay` between fetches of at most `max_jobs`: with its defaults (0.5 s,
+10) a worker could never start more than 20 jobs a second."""
+
+
 def attach_adapters(rt: Runtime) -> None:
     """Give the runtime its connectors and extra sweep steps (core does not know them)."""
     from connectors.base import build_connectors
@@ -51,6 +57,8 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     job_timeout = JOB_TIMEOUT
+    max_jobs = MAX_JOBS
+    poll_delay = POLL_DELAY
     max_tries = 5
     keep_result = 3600
     redis_settings = redis_settings(Settings().redis_url)
@@ -69,6 +77,7 @@ def make_worker(rt: Runtime, *, burst: bool = False, handle_signals: bool = True
         job_timeout=JOB_TIMEOUT,
         max_tries=5,
         keep_result=3600,
-        poll_delay=0.05 if burst else 0.25,
+        max_jobs=MAX_JOBS,
+        poll_delay=POLL_DELAY,
         **options,
     )

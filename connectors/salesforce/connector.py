@@ -127,13 +127,14 @@ class SalesforceConnector(Connector):
                 object_id=notification.object_id,
                 fields=dict(notification.fields),
                 changed={key: value for key, value in notification.fields.items() if key != "Id"},
+                # The envelope around the notification; its sObject is `fields` already, and
+                # a second copy would double what every stored event weighs.
                 payload={
                     "OrganizationId": message.organization_id,
                     "ActionId": message.action_id,
                     "EnterpriseUrl": message.enterprise_url,
                     "PartnerUrl": message.partner_url,
                     "NotificationId": notification.id,
-                    "sObject": {"type": notification.object_type, **notification.fields},
                 },
             )
             for notification in message.notifications

@@ -1,0 +1,107 @@
+"""Trigger → email accepted by a local aiosmtpd: emails/s for one worker, against raw
+aiosmtplib → aiosmtpd over one kept-open connection in the same run (target ratio ≥ 0.5).
+
+    python bench/bench_send.py [N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (sys.path)
+from common import backend, database_url, redis_url
+
+import aiosmtplib
+
+from config import Settings, parse_config
+from core.clock import Clock
+from core.demo import write_demo_csv
+from core.directory import import_csv
+from core.mailer import OutgoingEmail
+from core.runtime import build_runtime
+from core.schema import upgrade
+from core.triggers import accept_trigger
+from tests.harness import free_port, reset_database
+from workers.settings import make_worker
+
+CONFIG = """
+public_url: https://trigger.pharma.example
+sender: {from: "Medical Information <medinfo@pharma.example>", postal_address: "1 Main St, Springfield, NJ 07081"}
+campaigns:
+  - id: bench
+    subject: "New data for {{ hcp.specialty }}"
+    html: |
+      <html><body><p>Dear Dr. {{ hcp.last_name }},</p><p>New phase III data are available.</p>
+      <p><a href="https://pharma.example/a">Read</a> <a href="https://pharma.example/b">Dosing</a></p></body></html>
+"""
+
+
+async def sent_count(rt) -> int:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from core.db import messages
+
+    async with rt.db.connect() as connection:
+        return (await connection.execute(select(func.count()).where(messages.c.status == "sent"))).scalar_one()
+
+
+async def raw_baseline(smtp_url: str, count: int) -> float:
+    port = int(smtp_url.rsplit(":", 1)[1])
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
+    await client.connect()
+    start = time.perf_counter()
+    for index in range(count):
+        email = OutgoingEmail(
+            sender="Medical Information <medinfo@pharma.example>", to=f"raw{index}@clinic.example",
+            subject="New data", html="<p>Dear Dr. Doe</p>" * 5, text="Dear Dr. Doe\n" * 5, date=Clock().now(),
+        )
+        await client.send_message(email.to_mime())
+    elapsed = time.perf_counter() - start
+    await client.quit()
+    return count / elapsed
+
+
+async def main(count: int) -> None:
+    url = database_url("send")
+    await reset_database(url)
+    redis, _server = redis_url()
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("smtp_sink.py")), str(port)], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    smtp_url = f"smtp://127.0.0.1:{port}"
+    rt = await build_runtime(
+        Settings(database_url=url, redis_url=redis, smtp_url=smtp_url, secret_key="bench"),
+        config=parse_config(CONFIG, base=Path(".")),
+    )
+    await upgrade(rt.db)
+    await rt.queue.redis.flushdb()  # type: ignore[union-attr]
+    directory = write_demo_csv(Path(common.tempfile.mkdtemp()) / "d.csv", count)
+    await import_csv(rt.db, directory, now=rt.clock.now())
+    from core.demo import demo_rows
+
+    npis = list(dict.fromkeys(row[0] for row in demo_rows(count)))[:count]
+    for npi in npis:
+        await accept_trigger(rt, npi=npi, campaign_id="bench")
+    worker = make_worker(rt, handle_signals=False)
+    start = time.perf_counter()
+    task = asyncio.create_task(worker.main())
+    while await sent_count(rt) < len(npis):
+        await asyncio.sleep(0.01)
+    ours = len(npis) / (time.perf_counter() - start)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raw = await raw_baseline(smtp_url, len(npis))
+    print(f"backend: {backend(url)}, emails: {len(npis)}")
+    print(f"trigger → email (one worker): {ours:.0f} emails/s")
+    print(f"raw aiosmtplib → aiosmtpd (one connection): {raw:.0f} emails/s")
+    print(f"ratio: {ours / raw:.2f} (target ≥ 0.5)")
+    sink.terminate()
+    await rt.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000))

