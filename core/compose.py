@@ -10,7 +10,7 @@ from typing import Any
 
 from config import Campaign
 from core.mailer import OutgoingEmail
-from core.render import html_to_text
+from core.render import html_to_text, parse_html
 from core.runtime import Runtime
 from core.tracking import Tokens, track_html
 
@@ -43,7 +43,7 @@ def _insert_footer(html: str, footer: str) -> str:
     return html + footer if position < 0 else html[:position] + footer + html[position:]
 
 
-def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign, hcp: dict[str, Any]) -> tuple[OutgoingEmail, EmailMessage]:
+def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign) -> tuple[OutgoingEmail, EmailMessage]:
     config = rt.config
     tokens = tokens_for(rt)
     public_url = config.public_url
@@ -57,9 +57,10 @@ def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign, hcp: dict[
         mailto = config.sender.unsubscribe_mailto or f"unsubscribe@{config.sender.bounce_domain or sender_domain}"
         headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}?subject=unsubscribe-{tokens.bounce(message['id'])}>"
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    html = _insert_footer(message["html"] or "", _footer(rt, unsubscribe_url))
+    document = parse_html(_insert_footer(message["html"] or "", _footer(rt, unsubscribe_url)))
+    text = html_to_text(document)
     tracked = track_html(
-        html, message_id=message["id"], tokens=tokens, public_url=public_url,
+        document, message_id=message["id"], tokens=tokens, public_url=public_url,
         opens=config.tracking.opens, clicks=config.tracking.clicks,
     )
     message["links"] = tracked.links
@@ -71,7 +72,7 @@ def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign, hcp: dict[
         to=message["to_address"],
         subject=message["subject"],
         html=tracked.html,
-        text=html_to_text(html),
+        text=text,
         date=rt.clock.now(),
         envelope_from=envelope_from,
         reply_to=config.sender.reply_to,

@@ -278,7 +278,10 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """For reads: on SQLite a deferred transaction, so readers never queue for the write lock."""
         async with self.engine.connect() as connection:
+            if self.is_sqlite:
+                await connection.execution_options(sqlite_read=True)
             yield connection
 
     async def ping(self) -> None:
@@ -304,7 +307,8 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get("sqlite_read", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def insert_ignore(connection: AsyncConnection, table: Table, *, conflict: list[str]) -> Any:

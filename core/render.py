@@ -37,18 +37,24 @@ def _one_line(text: str) -> str:
 _BLOCKS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "blockquote", "hr"}
 
 
-def html_to_text(html: str) -> str:
-    """Readable text for the text/plain part: paragraphs kept, links as `text (url)`."""
-    soup = BeautifulSoup(html, "html.parser")
-    for hidden in soup(["script", "style", "head", "title"]):
-        hidden.decompose()
-    for image in soup.find_all("img"):
-        image.decompose()
+_HIDDEN = {"script", "style", "head", "title", "img"}
+
+
+def parse_html(html: str) -> BeautifulSoup:
+    return BeautifulSoup(html, "html.parser")
+
+
+def html_to_text(html: str | BeautifulSoup) -> str:
+    """Readable text for the text/plain part: paragraphs kept, links as `text (url)`.
+    Reads a parsed document without changing it, so the caller can parse once."""
+    soup = parse_html(html) if isinstance(html, str) else html
     parts: list[str] = []
 
     def walk(node: Tag) -> None:
         for child in node.children:
             if isinstance(child, (Comment, Doctype)):
+                continue
+            if isinstance(child, Tag) and child.name in _HIDDEN:
                 continue
             if isinstance(child, NavigableString):
                 parts.append(re.sub(r"\s+", " ", str(child)))

@@ -18,7 +18,7 @@ from config import Campaign
 from core.compose import compose
 from core.db import messages, new_id, triggers
 from core.decisions import pick_address
-from core.directory import get_hcp, mark_address
+from core.directory import mark_address
 from core.mailer import DeliveryError
 from core.outbox import record_activity
 from core.metrics import MESSAGES, SEND_SECONDS
@@ -35,19 +35,25 @@ def retry_delay(attempts: int) -> timedelta:
 
 async def _claim(rt: Runtime, message_id: str, now: datetime) -> dict[str, Any] | None:
     async with rt.db.begin() as connection:
-        claimed = await connection.execute(
-            update(messages)
-            .where(
-                messages.c.id == message_id,
-                messages.c.status == "queued",
-                (messages.c.due_at.is_(None)) | (messages.c.due_at <= now),
+        row = (
+            await connection.execute(
+                update(messages)
+                .where(
+                    messages.c.id == message_id,
+                    messages.c.status == "queued",
+                    (messages.c.due_at.is_(None)) | (messages.c.due_at <= now),
+                )
+                .values(status="sending", claimed_at=now, attempts=messages.c.attempts + 1)
+                .returning(*messages.c)
             )
-            .values(status="sending", claimed_at=now, attempts=messages.c.attempts + 1)
-        )
-        if claimed.rowcount != 1:
+        ).mappings().first()
+        if row is None:
             return None
-        row = (await connection.execute(select(messages).where(messages.c.id == message_id))).mappings().one()
-        return dict(row)
+        message = dict(row)
+        message["source_ref"] = (
+            await connection.execute(select(triggers.c.source_ref).where(triggers.c.id == message["trigger_id"]))
+        ).scalar()
+        return message
 
 
 async def send_message(rt: Runtime, message_id: str) -> str | None:
@@ -57,11 +63,9 @@ async def send_message(rt: Runtime, message_id: str) -> str | None:
     if message is None:
         return None
     campaign = rt.config.campaign(message["campaign_id"])
-    async with rt.db.connect() as connection:
-        hcp = await get_hcp(connection, message["npi"])
-    if campaign is None or hcp is None:
-        return await _finish_failed(rt, message, f"campaign or HCP gone before sending: {message['campaign_id']}")
-    email, mime = compose(rt, message, campaign, hcp)
+    if campaign is None:
+        return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
+    email, mime = compose(rt, message, campaign)
     try:
         with SEND_SECONDS.time():
             answer = await rt.mailer.send(mime, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"])

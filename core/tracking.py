@@ -64,11 +64,12 @@ class TrackedHtml:
 
 
 def track_html(
-    html: str, *, message_id: str, tokens: Tokens, public_url: str, opens: bool, clicks: bool
+    html: str | BeautifulSoup, *, message_id: str, tokens: Tokens, public_url: str, opens: bool, clicks: bool
 ) -> TrackedHtml:
     """Rewrite every http(s) link to the click redirect and add the open pixel. Links marked
-    `data-no-track`, and the unsubscribe link, stay as written."""
-    soup = BeautifulSoup(html, "html.parser")
+    `data-no-track`, and the unsubscribe link, stay as written. A parsed document is changed
+    in place."""
+    soup = BeautifulSoup(html, "html.parser") if isinstance(html, str) else html
     links: list[str] = []
     if clicks:
         for anchor in soup.find_all("a", href=True):

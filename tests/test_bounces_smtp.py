@@ -4,7 +4,10 @@ Return-Path of an email we really sent."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import sys
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -13,7 +16,7 @@ import pytest
 
 from core.bounce_listener import start_bounce_listener
 from core.compose import tokens_for
-from tests.harness import JANE, OMAR, Harness, free_port
+from tests.harness import BASE_CONFIG, JANE, OMAR, Harness, free_port
 from tests.test_tracking import sent_email
 
 FIXTURES = Path(__file__).parent / "fixtures" / "email"
@@ -192,3 +195,31 @@ async def test_mailto_unsubscribe_reaches_the_listener(harness: Harness, mailbox
     assert mailbox.results == [f"unsubscribed NPI {JANE} by mail"]
     assert (await harness.outcome(result["id"]))["messages"][0]["unsubscribed"] is True
     assert (await harness.send(JANE, "cardio-webinar"))["status"] == "suppressed"
+
+
+async def test_the_bounces_command_listens_and_applies_reports(harness: Harness, tmp_path: Path) -> None:
+    """`trigger-email bounces` as its own process, on the same database."""
+    result, _ = await sent_email(harness)
+    token, envelope = verp(harness, result["messages"][0]["id"])
+    config = tmp_path / "config.yaml"
+    config.write_text(BASE_CONFIG)
+    port = free_port()
+    settings = harness.rt.settings
+    env = {
+        **os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+        "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config), "LOG_LEVEL": "WARNING",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trigger_email.cli", "bounces", "--host", "127.0.0.1", "--port", str(port),
+        cwd=Path(__file__).resolve().parents[1], env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        banner = await asyncio.wait_for(process.stdout.readline(), timeout=30)  # type: ignore[union-attr]
+        assert f"smtp://127.0.0.1:{port}" in banner.decode()
+        mailbox = BounceMailbox(harness, port, server=None)
+        await mailbox.deliver(hard_dsn(token, "jane.doe@clinic.example"), envelope)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=30)
+    assert (await harness.outcome(result["id"]))["messages"][0]["bounced"] is True
+    assert (await harness.send(JANE, "cardio-webinar"))["messages"][0]["to"] == "jdoe@health.example"

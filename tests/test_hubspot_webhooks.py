@@ -164,7 +164,9 @@ async def outbox(h: Harness, status: str | None = None) -> dict[str, Any]:
 async def open_email(h: Harness, to: str) -> None:
     """The HCP opens the email a minute later: their mail client loads the pixel."""
     [email] = h.smtp.to(to)
-    html = email.get_body(("html",)).get_content()
+    part = email.get_body(("html",))
+    assert part is not None
+    html = part.get_content()
     [pixel] = re.findall(r'src="https://trigger\.pharma\.example(/t/o/[^"]+)"', html)
     h.clock.advance(timedelta(minutes=1))
     response = await h.client.get(pixel, headers={"User-Agent": BROWSER})

@@ -39,6 +39,7 @@ SOAP = {"soapenv": "http://schemas.xmlsoap.org/soap/envelope/", "om": "http://so
 SUBJECT = "New asthma data for Pulmonary Disease practices"
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 SOAP_HEADERS = {"content-type": "text/xml; charset=utf-8", "soapaction": '""'}
+EVENT_HEADERS = {"content-type": "application/json", "authorization": f"Bearer {SECRET}"}
 
 TRIGGERS: list[dict[str, Any]] = [
     {"from": "salesforce", "on": "record_change", "send": "asthma-launch",
@@ -98,7 +99,8 @@ class Delivery:
     body: str
     outcomes: dict[str, list[str]] = field(default_factory=dict)
     """Notification / event id → one line per trigger it made: `sent to <address>` or
-    `<status>: <reason>`; [] when no rule matched."""
+    `<status>: <reason>`; [] when no rule matched or it is not processed yet;
+    [`event failed: <error>`] when processing it failed."""
 
     @property
     def ack(self) -> bool:
@@ -117,25 +119,37 @@ def fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-async def deliver(h: Harness, payload: str | bytes, *, route: str | None = None, headers: dict[str, str] | None = None) -> Delivery:
+async def deliver(
+    h: Harness, payload: str | bytes, *, route: str | None = None, headers: dict[str, str] | None = None
+) -> Delivery:
     """POST a fixture (by file name) or a raw body the way Salesforce would, run the worker,
     and report the answer and every trigger made so far."""
     body = fixture(payload) if isinstance(payload, str) else payload
     is_xml = payload.endswith(".xml") if isinstance(payload, str) else body.lstrip()[:1] == b"<"
     route = route or ("outbound" if is_xml else "events")
     if headers is None:
-        headers = SOAP_HEADERS if route == "outbound" else {"content-type": "application/json", "authorization": f"Bearer {SECRET}"}
+        headers = SOAP_HEADERS if route == "outbound" else EVENT_HEADERS
     response = await h.client.post(f"/webhooks/salesforce/{route}", content=body, headers=headers)
     await drain(h.rt)
     return Delivery(response.status_code, response.text, await outcomes(h))
 
 
+async def post_outbound(h: Harness, body: bytes) -> Any:
+    """POST an Outbound Message and nothing else: no worker run, no database read."""
+    return await h.client.post("/webhooks/salesforce/outbound", content=body, headers=SOAP_HEADERS)
+
+
 async def outcomes(h: Harness) -> dict[str, list[str]]:
     async with h.rt.db.connect() as connection:
-        rows = (await connection.execute(select(inbound_events.c.event_key, inbound_events.c.result))).all()
+        rows = (
+            await connection.execute(select(inbound_events.c.event_key, inbound_events.c.status, inbound_events.c.result))
+        ).all()
     found: dict[str, list[str]] = {}
-    for event_key, result in rows:
-        found[event_key] = [await outcome_line(h, trigger_id) for trigger_id in re.findall(r"trg_[0-9a-f]+", result or "")]
+    for event_key, status, result in rows:
+        if status == "failed":
+            found[event_key] = [f"event failed: {result}"]
+        else:
+            found[event_key] = [await outcome_line(h, trigger_id) for trigger_id in re.findall(r"trg_[0-9a-f]+", result or "")]
     return found
 
 
@@ -239,7 +253,10 @@ async def test_wrong_org_is_a_403_fault(harness: Harness) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"<soapenv:Envelope", b"<not-soap/>", b"\xff\xfe<", fixture("outbound_contact.xml").replace(b"<Id>04l5g00000Gx7QzAAJ</Id>", b"")],
+    [
+        b"", b"<soapenv:Envelope", b"<not-soap/>", b"\xff\xfe<",
+        fixture("outbound_contact.xml").replace(b"<Id>04l5g00000Gx7QzAAJ</Id>", b""),  # a notification without Id
+    ],
 )
 async def test_malformed_outbound_message_is_a_400_fault(harness: Harness, body: bytes) -> None:
     delivery = await deliver(harness, body, route="outbound")
@@ -259,7 +276,14 @@ async def test_xml_at_the_events_route_is_415_even_with_the_secret(harness: Harn
     assert await stored(harness) == 0
 
 
+async def test_oversized_outbound_message_is_a_413_fault(harness: Harness) -> None:
+    body = fixture("outbound_contact.xml").replace(b"<sf:LastName>", b"<sf:LastName>" + b"x" * 4 * 1024 * 1024)
+    delivery = await deliver(harness, body)
+    assert delivery.fault[:2] == (413, "soapenv:Client") and await stored(harness) == 0
+
+
 _OPENED: list[str] = []
+_WATCHING: list[bool] = []
 
 
 def _record_opens(event: str, args: tuple[Any, ...]) -> None:
@@ -267,10 +291,16 @@ def _record_opens(event: str, args: tuple[Any, ...]) -> None:
         _OPENED.append(str(args[0]))
 
 
+def watch_opens() -> None:
+    """Record every open of a file named xxe-secret*. An audit hook cannot be removed, so it is
+    added once per process, and it only appends to a list."""
+    if not _WATCHING:
+        sys.addaudithook(_record_opens)
+        _WATCHING.append(True)
+
+
 async def test_xxe_reads_no_file_and_fetches_no_url(harness: Harness, tmp_path: Path) -> None:
-    if _record_opens not in getattr(sys, "_salesforce_test_hooks", ()):
-        sys.addaudithook(_record_opens)  # audit hooks cannot be removed; this one only records
-        setattr(sys, "_salesforce_test_hooks", (_record_opens,))
+    watch_opens()
     secret = tmp_path / "xxe-secret.txt"
     secret.write_text("TOP-SECRET-MARKER")
     assert secret.read_text() and _OPENED  # the hook sees reads of that file
@@ -325,7 +355,7 @@ async def test_events_without_valid_credentials_are_401(harness: Harness, creden
 async def test_a_failed_store_is_a_server_fault_and_the_retry_is_acknowledged(harness: Harness) -> None:
     async with harness.rt.db.begin() as connection:
         await connection.execute(text("ALTER TABLE inbound_events RENAME TO inbound_events_away"))
-    response = await harness.client.post("/webhooks/salesforce/outbound", content=fixture("outbound_contact.xml"), headers=SOAP_HEADERS)
+    response = await post_outbound(harness, fixture("outbound_contact.xml"))
     async with harness.rt.db.begin() as connection:
         await connection.execute(text("ALTER TABLE inbound_events_away RENAME TO inbound_events"))
     failed = Delivery(response.status_code, response.text)
@@ -352,7 +382,7 @@ async def test_redelivered_event_is_counted_as_duplicate(harness: Harness) -> No
 
 @pytest.mark.xfail(strict=True, reason="pending inbound events are not re-enqueued by the sweep (core/scheduler.py)")
 async def test_acknowledged_notification_whose_job_was_lost_is_still_processed(harness: Harness) -> None:
-    response = await harness.client.post("/webhooks/salesforce/outbound", content=fixture("outbound_contact.xml"), headers=SOAP_HEADERS)
+    response = await post_outbound(harness, fixture("outbound_contact.xml"))
     assert response.status_code == 200
     await harness.rt.queue.redis.flushdb()  # type: ignore[union-attr]  # Redis lost the job after the Ack
     await harness.later(seconds=30)
@@ -499,3 +529,12 @@ async def test_daily_api_budget_is_in_metrics(harness: Harness, fake: FakeSalesf
     metrics = (await harness.client.get("/metrics")).text
     assert 'trigger_email_crm_api_usage{crm="salesforce",kind="used"} 2.0' in metrics
     assert 'trigger_email_crm_api_usage{crm="salesforce",kind="limit"} 15000.0' in metrics
+
+
+async def test_openapi_describes_both_routes(harness: Harness) -> None:
+    paths = (await harness.client.get("/openapi.json")).json()["paths"]
+    outbound, events = paths["/webhooks/salesforce/outbound"]["post"], paths["/webhooks/salesforce/events"]["post"]
+    assert sorted(outbound["responses"]) == ["200", "400", "403", "415", "500"]
+    assert sorted(events["responses"]) == ["200", "400", "401", "415", "503"]
+    for response in [*outbound["responses"].values(), *events["responses"].values()]:
+        assert list(response) == ["description"], response

@@ -272,3 +272,15 @@ async def test_machine_opens_and_scanner_clicks_never_cancel(harness: Harness) -
     assert len(harness.smtp.messages) == 2, "machine engagement must not stop the follow-up"
     message = (await harness.outcome(result["id"]))["messages"][0]
     assert message["machine_opens"] == 2 and message["open_count"] == 0 and message["clicks"] == 0
+
+
+async def test_head_probes_are_machine_engagement(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    harness.clock.advance(600)
+    assert (await harness.client.head(pixel_url(email), headers={"User-Agent": HUMAN_UA})).status_code == 200
+    probe = await harness.client.head(tracked_links(email)[0], headers={"User-Agent": HUMAN_UA})
+    assert probe.status_code == 302 and probe.headers["location"] == "https://pharma.example/asthma/phase3"
+    await harness.later(days=3)
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert (message["machine_opens"], message["open_count"], message["clicks"]) == (1, 0, 0)
+    assert len(harness.smtp.messages) == 2, "a link checker does not stop the follow-up"

@@ -31,11 +31,11 @@ async def salesforce_outbound(request: Request) -> Response:
     summary: Salesforce Outbound Messages (SOAP); answers the notificationsResponse Ack
     description: The Ack is sent only after every notification is stored; a redelivered notification (same Id) is acknowledged and not processed again.
     responses:
-      200: {description: SOAP Ack true}
-      400: {description: SOAP fault, malformed or unsafe XML}
-      403: {description: SOAP fault, another organization}
-      415: {description: SOAP fault, a JSON body (events go to /webhooks/salesforce/events)}
-      500: {description: SOAP fault (Server), not stored; Salesforce retries}
+      200: {description: "SOAP Ack true"}
+      400: {description: "SOAP fault: malformed or unsafe XML"}
+      403: {description: "SOAP fault: another organization"}
+      415: {description: "SOAP fault: a JSON body (events go to /webhooks/salesforce/events)"}
+      500: {description: "SOAP fault (Server): not stored; Salesforce retries"}
     """
     try:
         error, _new, _duplicates = await receive(request, SOURCE)
@@ -56,8 +56,8 @@ async def salesforce_events(request: Request) -> Response:
       200: {description: "{received, duplicates}"}
       400: {description: Malformed body}
       401: {description: Neither the bearer secret nor a valid HMAC signature}
-      415: {description: An XML body (Outbound Messages go to /webhooks/salesforce/outbound)}
-      503: {description: Not stored; retry}
+      415: {description: "An XML body (Outbound Messages go to /webhooks/salesforce/outbound)"}
+      503: {description: "Not stored; retry"}
     """
     try:
         error, new, duplicates = await receive(request, SOURCE)

@@ -30,7 +30,8 @@ async def open_pixel(request: Request) -> Response:
     """
     rt = runtime(request)
     payload = tokens_for(rt).read(request.path_params["token"], "o")
-    if payload is None or not await record_open(rt, payload[1], request.headers.get("user-agent")):
+    prefetch = request.method == "HEAD"  # link checkers and gateways probe; people GET
+    if payload is None or not await record_open(rt, payload[1], request.headers.get("user-agent"), prefetch=prefetch):
         return _not_found()
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
@@ -46,7 +47,8 @@ async def click(request: Request) -> Response:
     payload = tokens_for(rt).read(request.path_params["token"], "c")
     if payload is None or len(payload) != 3 or not isinstance(payload[2], int):
         return _not_found()
-    url = await record_click(rt, payload[1], payload[2], request.headers.get("user-agent"))
+    prefetch = request.method == "HEAD"
+    url = await record_click(rt, payload[1], payload[2], request.headers.get("user-agent"), prefetch=prefetch)
     if url is None:
         return _not_found()
     return RedirectResponse(url, status_code=302, headers=NO_STORE)
