@@ -143,6 +143,19 @@ def _read_templates(raw: dict[str, Any], base: Path, problems: list[ConfigProble
             problems.append(ConfigProblem(f"campaigns[{index}].template", f"cannot read {path}: {exc.strerror or exc}"))
 
 
+def _resolve_files(config: Config, base: Path, problems: list[ConfigProblem]) -> None:
+    """Key files named in the config are relative to it, like templates."""
+    dkim = config.sender.dkim
+    if dkim is not None:
+        path = (base / dkim.private_key_file).resolve()
+        if not path.is_file():
+            problems.append(ConfigProblem("sender.dkim.private_key_file", f"cannot read {path}"))
+        dkim.private_key_file = str(path)
+    salesforce = config.crm.salesforce
+    if salesforce is not None and salesforce.private_key_file:
+        salesforce.private_key_file = str((base / salesforce.private_key_file).resolve())
+
+
 def _cross_check(config: Config, texts: dict[int, str], problems: list[ConfigProblem]) -> None:
     for index, campaign in enumerate(config.campaigns):
         if campaign.template is not None:
@@ -200,6 +213,7 @@ def parse_config(text: str, *, base: Path, source: str = "<config>", env: Mappin
     except ValidationError as exc:
         raise ConfigError(source, problems + _pydantic_problems(exc)) from None
     _cross_check(config, texts, problems)
+    _resolve_files(config, base, problems)
     if problems:
         raise ConfigError(source, problems)
     return config

@@ -15,6 +15,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class Dkim(Strict):
+    """Sign outgoing mail yourself when sending straight to recipients (not via a relay that signs)."""
+
+    domain: str
+    selector: str
+    private_key_file: str
+    """PEM RSA key; relative paths are relative to the config file."""
+
+
 class Sender(Strict):
     from_: str = Field(alias="from")
     postal_address: str | None = None
@@ -22,6 +31,7 @@ class Sender(Strict):
     bounce_domain: str | None = None
     """Domain of the VERP Return-Path (`bounce+{token}@bounce_domain`); off when unset."""
     unsubscribe_mailto: str | None = None
+    dkim: Dkim | None = None
 
     @field_validator("from_")
     @classmethod

@@ -15,6 +15,8 @@ class Settings(BaseSettings):
     secret_key: str = Field(default="", repr=False)
     trigger_email_config: str | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
+    """`json` for one JSON object a line (for log shippers), `text` for people."""
     smtp_timeout: float = 30.0
     send_max_attempts: int = 8
     """SMTP 4xx / connection errors are retried this many times with exponential backoff."""

@@ -15,7 +15,7 @@ from arq import create_pool
 from config import Config, Settings, load_config
 from core.clock import Clock
 from core.db import Database
-from core.mailer import Mailer, SmtpTarget
+from core.mailer import DkimSigner, Mailer, SmtpTarget
 from core.queue import JobQueue, redis_settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,14 @@ class Runtime:
         await self.db.dispose()
 
 
+def dkim_signer(config: Config) -> DkimSigner | None:
+    dkim = config.sender.dkim
+    if dkim is None:
+        return None
+    with open(dkim.private_key_file, "rb") as handle:
+        return DkimSigner(domain=dkim.domain, selector=dkim.selector, private_key=handle.read())
+
+
 async def build_runtime(
     settings: Settings | None = None,
     *,
@@ -55,5 +63,5 @@ async def build_runtime(
         db=Database(settings.database_url),
         clock=clock or Clock(),
         queue=JobQueue(redis),
-        mailer=Mailer(SmtpTarget.from_url(settings.smtp_url, timeout=settings.smtp_timeout)),
+        mailer=Mailer(SmtpTarget.from_url(settings.smtp_url, timeout=settings.smtp_timeout), dkim=dkim_signer(config)),
     )

@@ -86,6 +86,7 @@ class SmtpSink:
     `defer` maps an address to how many RCPTs get a 451 before it is accepted."""
 
     messages: list[EmailMessage] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     reject: dict[str, str] = field(default_factory=dict)
     defer: dict[str, int] = field(default_factory=dict)
@@ -102,9 +103,11 @@ class SmtpSink:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or envelope.content
-        message = message_from_bytes(raw if isinstance(raw, bytes) else raw.encode(), policy=policy.default)
+        content = envelope.original_content or envelope.content
+        raw = content if isinstance(content, bytes) else content.encode()
+        message = message_from_bytes(raw, policy=policy.default)
         with self.lock:
+            self.raw.append(raw)
             self.messages.append(message)  # type: ignore[arg-type]
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted"

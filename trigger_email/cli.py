@@ -64,8 +64,28 @@ async def _runtime(*, redis: bool = False):  # type: ignore[no-untyped-def]
     return await build_runtime(settings, config=_config(settings.trigger_email_config), connect_redis=redis)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 @config_app.command("check")
@@ -287,7 +307,7 @@ def serve(
 
     settings = _settings()
     _config(settings.trigger_email_config)
-    _logging(settings.log_level)
+    _logging(settings.log_level, settings.log_format)
     uvicorn.run(create_app(), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True)
 
 
@@ -300,7 +320,7 @@ def worker() -> None:
 
     settings = _settings()
     _config(settings.trigger_email_config)
-    _logging(settings.log_level)
+    _logging(settings.log_level, settings.log_format)
     run_worker(WorkerSettings)  # type: ignore[arg-type]
 
 
@@ -313,7 +333,7 @@ def bounces(
     from core.bounce_listener import start_bounce_listener
 
     settings = _settings()
-    _logging(settings.log_level)
+    _logging(settings.log_level, settings.log_format)
 
     async def go() -> None:
         rt = await _runtime(redis=True)
