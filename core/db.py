@@ -185,8 +185,12 @@ inbound_events = Table(
     Column("result", Text),
     Column("received_at", UTCDateTime, nullable=False),
     Column("processed_at", UTCDateTime),
+    # retries of events whose CRM lookup failed for a while (revision 0003)
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("due_at", UTCDateTime),
     UniqueConstraint("source", "event_key"),
     Index("ix_inbound_events_status_received_at", "status", "received_at"),
+    Index("ix_inbound_events_status_due_at", "status", "due_at"),
 )
 
 engagement_events = Table(

@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 PROCESS_TRIGGER = "process_trigger"
 SEND_MESSAGE = "send_message"
 PROCESS_INBOUND = "process_inbound"
+PROCESS_INBOUND_BATCH = "process_inbound_batch"
 PUSH_OUTBOX = "push_outbox"
 SWEEP = "sweep"
 

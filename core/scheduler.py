@@ -15,10 +15,10 @@ from typing import Any, Awaitable, Callable
 from jinja2 import TemplateError
 from sqlalchemy import func, select, update
 
-from core.db import messages, triggers
+from core.db import inbound_events, messages, triggers
 from core.decisions import pick_address
 from core.directory import get_hcp
-from core.queue import PROCESS_TRIGGER, SEND_MESSAGE
+from core.queue import PROCESS_INBOUND, PROCESS_TRIGGER, SEND_MESSAGE
 from core.render import render_campaign
 from core.runtime import Runtime
 from core.suppression import suppression_reason
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 LOST_AFTER = timedelta(seconds=10)
 """A pending trigger or queued message this old with no job running is re-enqueued."""
 BATCH = 500
+PROCESSING_STUCK_AFTER = timedelta(minutes=5)
 
 
 async def engaged(rt: Runtime, trigger_id: str) -> bool:
@@ -96,7 +97,7 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
     """One pass over everything due. Safe to run concurrently on several workers: every
     state change is a conditional UPDATE."""
     now = rt.clock.now()
-    done = {"resends": 0, "retries": 0, "lost_triggers": 0, "unknown": 0}
+    done = {"resends": 0, "retries": 0, "lost_triggers": 0, "inbound": 0, "unknown": 0}
     async with rt.db.connect() as connection:
         due_resends = (
             await connection.execute(
@@ -117,6 +118,15 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
                 select(triggers.c.id).where(triggers.c.status == "pending", triggers.c.created_at <= now - LOST_AFTER).limit(BATCH)
             )
         ).scalars().all()
+        inbound = (
+            await connection.execute(
+                select(inbound_events.c.id).where(
+                    inbound_events.c.status == "pending",
+                    ((inbound_events.c.due_at.is_not(None)) & (inbound_events.c.due_at <= now))
+                    | ((inbound_events.c.due_at.is_(None)) & (inbound_events.c.received_at <= now - LOST_AFTER)),
+                ).limit(BATCH)
+            )
+        ).scalars().all()
     for message_id in due_resends:
         if await promote_resend(rt, message_id):
             done["resends"] += 1
@@ -127,6 +137,9 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
     for trigger_id in lost:
         if await rt.queue.enqueue(PROCESS_TRIGGER, trigger_id, job_id=f"trigger:{trigger_id}:{bucket}"):
             done["lost_triggers"] += 1
+    for event_id in inbound:
+        if await rt.queue.enqueue(PROCESS_INBOUND, event_id, job_id=f"inbound:{event_id}:{bucket}"):
+            done["inbound"] += 1
     async with rt.db.begin() as connection:
         stuck = await connection.execute(
             update(messages)
@@ -134,6 +147,13 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
             .values(status="unknown", error="worker stopped while sending; not resent automatically")
         )
         done["unknown"] = stuck.rowcount or 0
+        # An event whose worker died mid-processing is processed again: triggers made from
+        # it carry idempotency keys, so nothing is sent twice.
+        await connection.execute(
+            update(inbound_events)
+            .where(inbound_events.c.status == "processing", inbound_events.c.processed_at <= now - PROCESSING_STUCK_AFTER)
+            .values(status="pending", due_at=now)
+        )
     for step in extra_steps or []:
         await step(rt)
     return done

@@ -380,7 +380,6 @@ async def test_redelivered_event_is_counted_as_duplicate(harness: Harness) -> No
     assert again.body == '{"received":0,"duplicates":1}' and len(harness.smtp.messages) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="pending inbound events are not re-enqueued by the sweep (core/scheduler.py)")
 async def test_acknowledged_notification_whose_job_was_lost_is_still_processed(harness: Harness) -> None:
     response = await post_outbound(harness, fixture("outbound_contact.xml"))
     assert response.status_code == 200

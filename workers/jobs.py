@@ -35,6 +35,12 @@ async def process_inbound(ctx: dict[str, Any], event_id: int) -> str | None:
     return await process_event(_rt(ctx), event_id)
 
 
+async def process_inbound_batch(ctx: dict[str, Any], event_ids: list[int]) -> int:
+    from core.inbound import fan_out
+
+    return await fan_out(_rt(ctx), event_ids)
+
+
 async def push_activities(ctx: dict[str, Any]) -> dict[str, int]:
     rt = _rt(ctx)
     return await push_outbox(rt, rt.extras.get("connectors", {}))

@@ -12,7 +12,7 @@ from core.runtime import Runtime, build_runtime
 from core.queue import redis_settings
 from workers import jobs
 
-FUNCTIONS = [jobs.process_trigger, jobs.send_message, jobs.process_inbound]
+FUNCTIONS = [jobs.process_trigger, jobs.send_message, jobs.process_inbound, jobs.process_inbound_batch]
 EVERY_SECOND = set(range(60))
 CRON_JOBS = [
     cron(jobs.sweep, second=EVERY_SECOND, unique=True, run_at_startup=True, timeout=60),
