@@ -37,6 +37,13 @@ class WebhookRejected(Exception):
         self.media_type = media_type
 
 
+class CrmUnavailable(Exception):
+    """The CRM could not answer now (rate limit, outage, expired credentials). The event is
+    retried later instead of being dropped; `retry_after` (seconds) when the CRM said."""
+
+    retry_after: float | None = None
+
+
 @dataclass
 class ContactInfo:
     """What a connector found on the CRM record behind an event."""

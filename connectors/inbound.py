@@ -4,18 +4,22 @@ the `triggers` rules, accept one trigger per matching rule."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
-from connectors.base import Connector
+from connectors.base import Connector, CrmUnavailable
 from core.db import triggers
 from core.directory import add_address
-from core.inbound import claim_event, event_from_row, finish_event
+from core.inbound import claim_event, event_from_row, finish_event, retry_event
 from core.npi import npi_problem
 from core.rules import matching_rules
 from core.runtime import Runtime
 from core.triggers import accept_trigger
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+"""30 s, 1, 2, 4, 8, 16, 32 min between attempts: a CRM outage of about an hour is ridden out."""
 
 
 def connectors_of(rt: Runtime) -> dict[str, Connector]:
@@ -29,6 +33,14 @@ async def process_event(rt: Runtime, event_id: int) -> str | None:
     event = event_from_row(row["event"])
     try:
         result = await _process(rt, event)
+    except CrmUnavailable as exc:
+        if row["attempts"] < MAX_ATTEMPTS:
+            delay = max(timedelta(seconds=exc.retry_after or 0), timedelta(seconds=min(30 * 2 ** (row["attempts"] - 1), 3600)))
+            log.warning("inbound event %s: CRM unavailable (%s), retry in %s", event_id, exc, delay)
+            await retry_event(rt, event_id, f"attempt {row['attempts']}: {exc}", delay)
+            return "retry"
+        await finish_event(rt, event_id, "failed", f"after {row['attempts']} attempts: {exc}")
+        return "failed"
     except Exception as exc:  # noqa: BLE001 - recorded on the event; the CRM was already answered
         log.exception("inbound event %s failed", event_id)
         await finish_event(rt, event_id, "failed", f"{type(exc).__name__}: {exc}")

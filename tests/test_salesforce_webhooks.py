@@ -388,7 +388,6 @@ async def test_acknowledged_notification_whose_job_was_lost_is_still_processed(h
     assert await outcomes(harness) == {"04l5g00000Gx7QzAAJ": ["sent to jane.doe@clinic.example"]}
 
 
-@pytest.mark.xfail(strict=True, reason="a failed record fetch marks the event failed for good (connectors/inbound.py)")
 async def test_rate_limited_record_fetch_is_retried_later(harness: Harness, fake: FakeSalesforce) -> None:
     fake.add_record("Lead", LEAD, NPI__c=JANE)
     fake.limit_exceeded(retry_after=60)

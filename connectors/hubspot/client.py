@@ -16,6 +16,7 @@ from hubspot import HubSpot
 from urllib3.util.retry import Retry
 
 from config.schema import HubSpotConfig
+from connectors.base import CrmUnavailable
 
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for one API call."""
@@ -24,7 +25,7 @@ DEFAULT_RETRY_AFTER = 10.0
 """Seconds to wait after a 429 that names no Retry-After."""
 
 
-class HubSpotApiError(Exception):
+class HubSpotApiError(CrmUnavailable):
     """A HubSpot API call failed. `status` is the HTTP status (0: no response);
     `retry_after` is set for rate limits."""
 

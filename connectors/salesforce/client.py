@@ -32,6 +32,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from config.schema import SalesforceConfig
+from connectors.base import CrmUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ TIMEOUT_SECONDS = 30.0
 _GENERIC_LOGIN_HOSTS = ("https://login.salesforce.com", "https://test.salesforce.com")
 
 
-class SalesforceCallFailed(Exception):
+class SalesforceCallFailed(CrmUnavailable):
     """A Salesforce call that did not succeed, reduced to what a caller decides on."""
 
     def __init__(self, status: int | None, error_code: str | None, message: str, retry_after: float | None = None):
