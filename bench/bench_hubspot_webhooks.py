@@ -332,7 +332,7 @@ async def remove_jobs(redis_url: str) -> None:
     try:
         await redis.delete("arq:queue")
         batch = []
-        async for key in redis.scan_iter(match="arq:job:inbound:*", count=5000):
+        async for key in redis.scan_iter(match="arq:job:inbound*", count=5000):  # inbound:N and inbound-batch:N
             batch.append(key)
             if len(batch) >= 5000:
                 await redis.delete(*batch)

@@ -3,7 +3,7 @@ headers (RFC 8058), VERP Return-Path, tracking, text part."""
 
 from __future__ import annotations
 
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import parseaddr
 from html import escape
 from typing import Any
@@ -43,7 +43,7 @@ def _insert_footer(html: str, footer: str) -> str:
     return html + footer if position < 0 else html[:position] + footer + html[position:]
 
 
-def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign) -> tuple[OutgoingEmail, EmailMessage]:
+def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign) -> tuple[OutgoingEmail, Message]:
     config = rt.config
     tokens = tokens_for(rt)
     public_url = config.public_url

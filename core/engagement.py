@@ -1,9 +1,12 @@
 """What HCPs do with their emails: opens, clicks, unsubscribes, bounces, complaints.
 
-Each fact is recorded on the message, as an engagement event, and as one outbox activity.
-Engagement (an open, or only a click under `tracking.engagement: click`) cancels the pending
-resends of that trigger; the cooldown then runs from the open (decisions read `opened_at`).
-Email engagement rules (`from: email`) turn these facts into new triggers, once each.
+Each fact is recorded on the message, as an engagement event, and (the first open, each
+clicked link, a bounce, an unsubscribe) as one outbox activity. Machine opens and clicks
+(privacy proxies, security scanners, anything seconds after delivery) are counted apart and
+engage nobody. Engagement (an open, or only a click under `tracking.engagement: click`)
+cancels the pending resends of that campaign to that HCP; the cooldown then runs from the
+open (decisions read `opened_at`). Email engagement rules (`from: email`) turn these facts
+into new triggers, once each.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
@@ -51,9 +53,9 @@ SOFT_BOUNCE_WINDOW = timedelta(days=7)
 
 
 def is_machine(rt: Runtime, user_agent: str | None, sent_at: datetime | None, now: datetime) -> bool:
-    """Apple Mail Privacy Protection fetches every pixel with a bare WebKit user agent;
-    security gateways announce themselves; and anything within seconds of delivery is a
-    prefetch, not a reader."""
+    """Apple Mail Privacy Protection fetches every pixel through a proxy with a bare user
+    agent; security gateways announce themselves; and anything within seconds of delivery is
+    a prefetch, not a reader."""
     if _machine_agent((user_agent or "").strip()):
         return True
     return sent_at is not None and now - sent_at < rt.config.tracking.machine_open_window
@@ -119,15 +121,24 @@ class Hit:
 class EngagementWriter:
     """Group commit for opens and clicks.
 
-    A busy campaign sends bursts of pixel loads; one transaction per hit would make them queue
-    on the database lock (SQLite) or on round trips (PostgreSQL). Hits that arrive while a
-    batch is being written wait and go together in the next transaction, so a lone hit is
-    written at once and a burst costs a few statements per batch. A request is answered only
-    after its hit is committed, so nothing acknowledged is lost.
+    A busy campaign brings bursts of pixel loads (Apple Mail fetches every pixel right after
+    delivery); one transaction per hit would queue them on the database lock (SQLite) or on
+    round trips (PostgreSQL). Hits that arrive while a batch is being written go together in
+    the next transaction, so a lone hit is written at once and a burst costs a few statements
+    per batch.
+
+    When the writer is idle, a request is answered after its hit is committed. While a batch
+    is in flight, a hit on an email already known to be sent (its answer, the GIF or the
+    link, needs nothing from the database) is answered at once and written with the next
+    batch: the mail client does not wait on our database, and a crash can lose at most the
+    `max_queued` hits waiting, which no client would resend anyway. Past that, hits wait
+    again, so a database that cannot keep up slows the responses instead of growing memory.
 
     SQLite takes one writer at a time anyway, so one batch is in flight; PostgreSQL gets a few
     at once, on separate pooled connections.
     """
+
+    max_queued = 1000
 
     def __init__(self, rt: Runtime):
         self.rt = rt
@@ -136,18 +147,31 @@ class EngagementWriter:
         self._flushes = 0
         self._max_flushes = 1 if rt.db.is_sqlite else 4
         self._tasks: set[asyncio.Task[None]] = set()
-        if rt.db.is_sqlite:
-            _short_gil_handoffs()
 
     async def submit(self, hit: Hit) -> Any:
+        busy = self._flushes > 0 and len(self._pending) < self.max_queued
+        known = self.known.get(hit.message_id) if busy else None
+        if known is not None:
+            answer = _answer(hit, known)
+            if answer is not None:
+                self._queue(hit)
+            return answer
         hit.future = asyncio.get_running_loop().create_future()
+        self._queue(hit)
+        return await hit.future
+
+    async def flush(self) -> None:
+        """Wait until every hit received so far is written (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _queue(self, hit: Hit) -> None:
         self._pending.append(hit)
         if self._flushes < self._max_flushes:
             self._flushes += 1
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await hit.future
 
     async def _drain(self) -> None:
         try:
@@ -166,6 +190,8 @@ class EngagementWriter:
                 for hit in batch:
                     await self._apply([hit])
                 return
+            if batch[0].future is None:
+                log.exception("engagement hit on %s lost", batch[0].message_id)
             _resolve(batch[0], exception=exc)
             return
         try:
@@ -176,16 +202,14 @@ class EngagementWriter:
             _resolve(hit, result=result)
 
 
-GIL_SWITCH_INTERVAL = 0.0005
-
-
-def _short_gil_handoffs() -> None:
-    """aiosqlite runs every statement on its own thread, which must take the GIL back from a
-    busy event loop to start and to hand back each result; at the default 5 ms switch
-    interval a burst of pixel loads spends most of its time waiting for that. Half a
-    millisecond keeps the handoffs short at a small cost in thread switches."""
-    if sys.getswitchinterval() > GIL_SWITCH_INTERVAL:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+def _answer(hit: Hit, message: dict[str, Any]) -> Any:
+    """What the route answers for a hit on a sent email: True (the GIF), or the link's URL
+    (None: that email has no such link)."""
+    if hit.kind == "open":
+        return True
+    links = message["links"] or []
+    index = hit.link_index
+    return str(links[index]) if index is not None and 0 <= index < len(links) else None
 
 
 def _resolve(hit: Hit, *, result: Any = None, exception: BaseException | None = None) -> None:
@@ -251,15 +275,12 @@ class _Tally:
         """Apply one hit; returns what its route answers with (True / the URL, or None)."""
         if message is None or message["sent_at"] is None:
             return None
+        answer = _answer(hit, message)
         if hit.kind == "open":
             self._open(hit, message)
-            return True
-        links = message["links"] or []
-        if hit.link_index is None or not 0 <= hit.link_index < len(links):
-            return None
-        url = str(links[hit.link_index])
-        self._click(hit, message, hit.link_index, url)
-        return url
+        elif answer is not None:
+            self._click(hit, message, hit.link_index or 0, answer)
+        return answer
 
     def _count(self, message: dict[str, Any]) -> dict[str, Any]:
         return self.counts.setdefault(
@@ -272,7 +293,6 @@ class _Tally:
             "link_index": hit.link_index if hit.kind == "click" else None, "url": url, "user_agent": hit.user_agent,
             "detail": None, "occurred_at": self.now,
         })
-        TRACKING.labels(kind).inc()
 
     def _open(self, hit: Hit, message: dict[str, Any]) -> None:
         if hit.prefetch or is_machine(self.rt, hit.user_agent, message["sent_at"], self.now):
@@ -337,11 +357,14 @@ async def write_hits(
             await connection.execute(_BUMP, [tally.counts[key] for key in sorted(tally.counts)])
         if tally.events:
             await connection.execute(engagement_events.insert(), tally.events)
+            for kind, count in Counter(event["kind"] for event in tally.events).items():
+                TRACKING.labels(kind).inc(count)
         if tally.facts:
             await record_activities(rt, connection, tally.facts, tally.now)
-        if tally.engaged:
-            where = or_(*(and_(messages.c.npi == npi, messages.c.campaign_id == campaign) for npi, campaign in tally.engaged))
-            await _cancel_resends(connection, where, next(iter(tally.engaged.values())))
+        for reason in set(tally.engaged.values()):
+            pairs = [pair for pair, why in tally.engaged.items() if why == reason]
+            where = or_(*(and_(messages.c.npi == npi, messages.c.campaign_id == campaign) for npi, campaign in pairs))
+            await _cancel_resends(connection, where, reason)
         fired = []
         for message, on, url in tally.rules:
             fired += await _email_rules(rt, connection, message, on, url, tally.now)

@@ -8,8 +8,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -17,9 +21,9 @@ import aiosmtplib
 
 log = logging.getLogger(__name__)
 
-HEADER_POLICY = policy.SMTP.clone(max_line_length=998)
-"""Python folds a long Subject right after `Subject:`, which some clients show with a
-leading space; RFC 5322 allows 998 characters a line, so fold only beyond that."""
+HEADER_POLICY = policy.compat32.clone(linesep="\r\n", max_line_length=998)
+"""CRLF for SMTP. Python folds a long Subject right after `Subject:`, which some clients
+show with a leading space; RFC 5322 allows 998 characters a line, so fold only beyond that."""
 
 _SCHEMES = {"smtp": (25, False, False), "smtp+starttls": (587, False, True), "smtps": (465, True, False)}
 
@@ -64,21 +68,37 @@ class OutgoingEmail:
     reply_to: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
-    def to_mime(self) -> EmailMessage:
-        message = EmailMessage(policy=HEADER_POLICY)
-        message["From"] = self.sender
-        message["To"] = self.to
-        message["Subject"] = self.subject
+    def to_mime(self) -> Message:
+        """multipart/alternative, text then HTML, quoted-printable UTF-8. Built with the
+        compat32 classes: the modern header registry costs four times as much per email,
+        which shows at hundreds of emails a second."""
+        message = MIMEMultipart("alternative")
+        message["From"] = _address_header(self.sender)
+        message["To"] = _address_header(self.to)
+        message["Subject"] = _text_header(self.subject)
         message["Date"] = format_datetime(self.date)
         domain = parseaddr(self.sender)[1].rpartition("@")[2] or None
         message["Message-ID"] = make_msgid(domain=domain)
         if self.reply_to:
-            message["Reply-To"] = self.reply_to
+            message["Reply-To"] = _address_header(self.reply_to)
         for name, value in self.headers.items():
-            message[name] = value
-        message.set_content(self.text)
-        message.add_alternative(self.html, subtype="html")
+            message[name] = _text_header(value)
+        message.attach(MIMEText(self.text, "plain", _UTF8))
+        message.attach(MIMEText(self.html, "html", _UTF8))
         return message
+
+
+_UTF8 = Charset("utf-8")
+_UTF8.body_encoding = QP
+
+
+def _text_header(value: str) -> str | Header:
+    return value if value.isascii() else Header(value, "utf-8")
+
+
+def _address_header(value: str) -> str:
+    name, address = parseaddr(value)
+    return formataddr((name, address), charset="utf-8") if name else address
 
 
 @dataclass(frozen=True)
@@ -146,7 +166,7 @@ class Mailer:
         await client.connect()
         return client
 
-    async def send(self, message: EmailMessage, *, envelope_from: str, recipient: str) -> str:
+    async def send(self, message: Message, *, envelope_from: str, recipient: str) -> str:
         """Deliver `message`; returns the server's answer or raises DeliveryError."""
         async with self._slots:
             client: aiosmtplib.SMTP | None = None

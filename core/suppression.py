@@ -73,7 +73,9 @@ async def add_suppression(
             reason=reason, detail=detail, created_at=now,
         )
     )
-    return int(result.inserted_primary_key[0])
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 async def remove_suppressions(connection: AsyncConnection, *, npi: str | None = None, address: str | None = None) -> int:

@@ -30,15 +30,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError("CI must set TEST_DATABASE_URL and TEST_REDIS_URL (PostgreSQL and Redis)")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("postgres") and not (TEST_DATABASE_URL or "").startswith("postgres"):
-            if IN_CI:
-                item.add_marker(pytest.mark.xfail(reason="TEST_DATABASE_URL must be PostgreSQL in CI", strict=True, run=False))
-            else:
-                item.add_marker(pytest.mark.skip(reason="needs TEST_DATABASE_URL=postgresql://… (set in CI)"))
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     if TEST_REDIS_URL:

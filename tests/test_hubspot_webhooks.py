@@ -30,6 +30,7 @@ from core.db import inbound_events, triggers
 from core.outbox import push_outbox
 from tests.fakes.fake_hubspot import FakeHubSpot
 from tests.harness import BASE_CONFIG, JANE, MEI, OMAR, Harness, drain
+from webhooks.app import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hubspot"
 SECRET = "7c1f0e52-hubspot-client-secret"
@@ -173,10 +174,6 @@ async def open_email(h: Harness, to: str) -> None:
     assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
 
 
-def inputs(fake: FakeHubSpot, path: str) -> list[dict[str, Any]]:
-    return [item for call in fake.calls(path) for item in call.json["inputs"]]
-
-
 def contacts_of(items: list[dict[str, Any]]) -> list[str]:
     return sorted(association["to"]["id"] for item in items for association in item["associations"])
 
@@ -250,8 +247,9 @@ async def test_each_signature_version_is_accepted(harness: Harness, version: str
 
 
 async def test_signature_is_over_the_public_url_not_the_host_behind_the_proxy(harness: Harness) -> None:
-    app = harness.client._transport  # the same ASGI app, reached under the proxy's internal name
-    async with httpx.AsyncClient(transport=app, base_url="http://trigger-email.internal:8000") as internal:
+    # The same app, reached under the internal name a reverse proxy forwards to.
+    transport = httpx.ASGITransport(app=create_app(harness.rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://trigger-email.internal:8000") as internal:
         response = await deliver(harness, fixture("contact_property_change.json"), client=internal)
     assert response.status_code == 200, response.text
 
@@ -407,13 +405,15 @@ async def test_rate_limited_contact_fetch_is_waited_out(harness: Harness, fake: 
     assert [r.status for r in fake.requests] == [429, 200]
 
 
-async def test_hubspot_down_fails_the_event_visibly_without_a_loop(harness: Harness, fake: FakeHubSpot) -> None:
+async def test_hubspot_down_puts_the_event_back_until_it_answers(harness: Harness, fake: FakeHubSpot) -> None:
     fake.fail_next(3, status=503)
     assert await fire(harness, interest_changed("1246965")) == []
     [event] = await stored_events(harness)
-    assert event["status"] == "failed" and "HubSpot API 503" in event["result"] and TOKEN not in event["result"]
-    await drain(harness.rt)
-    assert len(fake.requests) == 3
+    assert event["status"] == "pending" and "HubSpot API 503" in event["result"] and TOKEN not in event["result"]
+    assert len(fake.requests) == 3  # three tries in the job, then it waits in the database, not in a loop
+    await harness.later(seconds=31)
+    assert [(v["campaign_id"], v["status"], recipient(v)) for v in await outcomes(harness)] == [("asthma-launch", "sent", JANE_MAIL)]
+    assert [e["status"] for e in await stored_events(harness)] == ["done"] and len(fake.requests) == 4
 
 
 # write-back under HubSpot's limits

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from core.db import messages
 from core.outbox import push_outbox, record_activity
 from tests.harness import BASE_CONFIG, JANE, Harness, free_port
-from tests.test_tracking import click, open_email, sent_email, tracked_links
+from tests.test_tracking import HUMAN_UA, click, eventually, open_email, pixel_url, sent_email, tracked_links
 from tests.test_unsubscribe import one_click
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes length").decode()
@@ -131,7 +131,7 @@ async def many_activities(harness: Harness, count: int) -> None:
     """`count` click activities (one per link index) on one real email, as record_click writes them."""
     await sent_email(harness)
     async with harness.rt.db.begin() as connection:
-        message = (await connection.execute(select(messages).where(messages.c.kind == "initial"))).mappings().one()
+        message = dict((await connection.execute(select(messages).where(messages.c.kind == "initial"))).mappings().one())
         for index in range(count - 1):
             await record_activity(harness.rt, connection, message, "clicked", harness.clock.now(),
                                   {"link": f"https://pharma.example/{index}"}, dedupe=str(index))
@@ -296,4 +296,22 @@ async def test_the_worker_cron_job_pushes(harness: Harness, receiver: Receiver) 
     await sent_email(harness)
     assert await push_activities({"runtime": harness.rt}) == {"pushed": 1, "retried": 0, "dead": 0}
     assert [a["kind"] for a in receiver.activities] == ["sent"]
-    await asyncio.sleep(0)
+
+
+async def test_a_burst_of_hits_makes_one_row_per_fact(harness: Harness, receiver: Receiver) -> None:
+    _, email = await sent_email(harness)
+    await harness.later(minutes=20)
+    first, second = tracked_links(email)
+    pixel = pixel_url(email)
+    await asyncio.gather(
+        *(harness.client.get(pixel, headers={"User-Agent": HUMAN_UA}) for _ in range(100)),
+        *(harness.client.get(link, headers={"User-Agent": HUMAN_UA}) for link in [first, second] * 25),
+    )
+
+    async def written() -> bool:
+        rows = (await outbox(harness))["items"]
+        return sorted(row["kind"] for row in rows) == ["clicked", "clicked", "opened", "sent"]
+
+    await eventually(written)
+    await push(harness)
+    assert sorted(a["kind"] for a in receiver.activities) == ["clicked", "clicked", "opened", "sent"]

@@ -129,3 +129,16 @@ async def test_starttls_with_authentication_against_a_real_server(tmp_path: Path
     finally:
         controller.stop()
     assert [str(m["Subject"]) for m in sink.messages] == ["Hello"]
+
+
+async def test_non_ascii_names_survive_headers_and_bodies(harness: Harness, tmp_path: Path) -> None:
+    from tests.harness import load_directory
+
+    await load_directory(harness.rt, tmp_path, "npi,first_name,last_name,credential,specialty,state,email\n1003000126,Zoë,Ångström,MD,Neurology,NY,zoe@neuro.example\n")
+    result = await harness.send(npi="1003000126", campaign_id="cardio-webinar")
+    assert result["status"] == "sent"
+    [email] = harness.smtp.messages
+    assert email["Subject"] == "Dr. Ångström, join our webinar"
+    assert "Zoë Ångström" in email.get_body(("html",)).get_content()
+    assert "Zoë Ångström" in email.get_body(("plain",)).get_content()
+    assert all(byte < 128 for byte in harness.smtp.raw[0])  # 7-bit clean on the wire

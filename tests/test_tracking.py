@@ -3,7 +3,9 @@ altered token gets, and which links are rewritten in the email that left."""
 
 from __future__ import annotations
 
+import asyncio
 from email.message import EmailMessage
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -284,3 +286,36 @@ async def test_head_probes_are_machine_engagement(harness: Harness) -> None:
     message = (await harness.outcome(result["id"]))["messages"][0]
     assert (message["machine_opens"], message["open_count"], message["clicks"]) == (1, 0, 0)
     assert len(harness.smtp.messages) == 2, "a link checker does not stop the follow-up"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    """Under a burst, a hit may be answered just before its batch commits; a reader refreshing
+    the page sees it a moment later."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "not recorded in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_burst_of_opens_and_clicks_is_counted_exactly(harness: Harness) -> None:
+    result, email = await sent_email(harness)
+    harness.clock.advance(600)
+    first, second = tracked_links(email)
+    requests = [harness.client.get(pixel_url(email), headers={"User-Agent": HUMAN_UA}) for _ in range(150)]
+    requests += [harness.client.get(first, headers={"User-Agent": HUMAN_UA}) for _ in range(30)]
+    requests += [harness.client.get(second, headers={"User-Agent": HUMAN_UA}) for _ in range(20)]
+    requests += [harness.client.get(pixel_url(email), headers={"User-Agent": APPLE_MPP_UA}) for _ in range(40)]
+
+    answers = await asyncio.gather(*requests)
+
+    assert [r.status_code for r in answers] == [200] * 150 + [302] * 50 + [200] * 40
+
+    async def counted() -> bool:
+        message = (await harness.outcome(result["id"]))["messages"][0]
+        return (message["open_count"], message["clicks"], message["machine_opens"]) == (150, 50, 40)
+
+    await eventually(counted)
+    stats = (await harness.client.get("/v1/campaigns/asthma-launch/stats", headers=harness.auth)).json()
+    assert (stats["opened"], stats["clicked"], stats["opens"], stats["clicks"]) == (1, 1, 150, 50)
+    await harness.later(days=3)
+    assert len(harness.smtp.messages) == 1, "the burst counted as engagement once and cancelled the resend"

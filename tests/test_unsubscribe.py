@@ -95,8 +95,8 @@ async def test_get_shows_a_page_whose_button_posts(harness: Harness) -> None:
     assert view["messages"][0]["unsubscribed"] is False, "a GET (a link scanner) must not unsubscribe"
 
     form = BeautifulSoup(page.text, "html.parser").find("form")
-    assert form is not None and form["method"].lower() == "post"
-    fields = {i["name"]: i.get("value", "") for i in form.find_all("input") if i.get("name")}
+    assert form is not None and str(form["method"]).lower() == "post"
+    fields = {str(i["name"]): str(i.get("value", "")) for i in form.find_all("input") if i.get("name")}
     response = await harness.client.post(str(form["action"]), data=fields)
     assert response.status_code == 200
     assert (await harness.outcome(first["id"]))["messages"][0]["unsubscribed"] is True

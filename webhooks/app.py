@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -39,6 +40,10 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
         built = await build_runtime(Settings())
         attach_connectors(built)
         app.state.runtime = built
+        # Start-up objects (SDKs, config) live for the process: keeping them out of the
+        # collector's generations avoids 60-70 ms full collections in the middle of requests.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

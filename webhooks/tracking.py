@@ -84,8 +84,8 @@ async def unsubscribe_page(request: Request) -> Response:
             '<button type="submit">Unsubscribe</button></form>'
         )
         return HTMLResponse(_PAGE.format(title="Unsubscribe", body=body), headers=NO_STORE)
-    body = await read_body(request, limit=_MAX_FORM)
-    one_click = "list-unsubscribe=one-click" in body.decode("utf-8", "replace").lower()
+    form = await read_body(request, limit=_MAX_FORM)
+    one_click = "list-unsubscribe=one-click" in form.decode("utf-8", "replace").lower()
     done = await unsubscribe(rt, payload[1], via="one-click" if one_click else "page")
     if done is None:
         return _not_found()

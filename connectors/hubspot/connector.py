@@ -38,8 +38,8 @@ FETCH_ATTEMPTS = 3
 """Tries of one contact fetch that HubSpot rate-limits or fails with a server error."""
 FETCH_WAIT_LIMIT = 15.0
 """Seconds one event may spend waiting on HubSpot between tries. Enough for the 10-second
-burst window to roll over, well inside the worker's job timeout; past it the event fails
-(visibly) rather than holding a worker slot."""
+burst window to roll over, well inside the worker's job timeout; past it the error goes up
+and the event waits in the database for its next attempt instead of holding a worker slot."""
 
 
 @register
@@ -119,6 +119,7 @@ class HubSpotConnector(Connector):
             return cached[1]
         properties = await self._fetch_with_retries(contact_id)
         if properties is not None:
+            now = self.clock.now()  # a rate-limited fetch may have waited
             if len(self._contacts) >= _CACHE_LIMIT:
                 self._contacts = {key: entry for key, entry in self._contacts.items() if entry[0] > now}
             self._contacts[contact_id] = (now + self.hubspot.contact_cache_ttl, properties)
@@ -128,7 +129,8 @@ class HubSpotConnector(Connector):
         """A 429 waits its Retry-After (HubSpot's burst limit rolls over every 10 seconds), a
         5xx or lost connection a moment, on our clock; anything else is raised at once."""
         waited = 0.0
-        for attempt in range(1, FETCH_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 return await asyncio.to_thread(self._fetch_contact, contact_id)
             except HubSpotApiError as exc:
@@ -138,12 +140,12 @@ class HubSpotConnector(Connector):
                     wait = float(2 ** (attempt - 1))
                 else:
                     raise
-                if attempt == FETCH_ATTEMPTS or waited + wait > FETCH_WAIT_LIMIT:
+                if attempt >= FETCH_ATTEMPTS or waited + wait > FETCH_WAIT_LIMIT:
                     raise
                 log.info("hubspot contact %s: %s; trying again in %.0f s", contact_id, exc, wait)
                 waited += wait
+                attempt += 1
                 await self.clock.sleep(wait)
-        raise AssertionError("unreachable")
 
     def _fetch_contact(self, contact_id: str) -> dict[str, Any] | None:
         properties = [self.hubspot.npi_property, *CONTACT_PROPERTIES]
@@ -170,6 +172,8 @@ class HubSpotConnector(Connector):
         pushable = []
         for activity in batch:
             problem = hs_activities.unpushable(activity)
+            if not self.hubspot.access_token:
+                problem = "crm.hubspot.access_token is not set: nothing is written to HubSpot"
             if problem:
                 results[activity.id] = PushResult(activity.id, ok=False, error=problem, permanent=True)
             else:
