@@ -34,9 +34,17 @@ async def main(rows: int) -> None:
     start = time.perf_counter()
     report = await import_csv(db, path, now=Clock().now())
     elapsed = time.perf_counter() - start
+    from sqlalchemy import func, select
+
+    from core.db import hcp_emails, hcps
+
+    async with db.connect() as connection:
+        stored = (await connection.execute(select(func.count()).select_from(hcps))).scalar_one()
+        addresses = (await connection.execute(select(func.count()).select_from(hcp_emails))).scalar_one()
     await db.dispose()
+    assert stored == report.hcps and addresses == report.emails, (stored, addresses, report)
     print(f"backend: {backend(url)}")
-    print(f"rows: {report.rows:,} ({path.stat().st_size / 2**20:.0f} MiB CSV), HCPs: {report.hcps:,}, skipped: {len(report.skipped)}")
+    print(f"rows: {report.rows:,} ({path.stat().st_size / 2**20:.0f} MiB CSV); in the database: {stored:,} HCPs, {addresses:,} addresses")
     print(f"import: {elapsed:.1f} s ({report.rows / elapsed:,.0f} rows/s; target ≤ 60 s for 1M)")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (before import: {before:.0f} MiB)")
 
