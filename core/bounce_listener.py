@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import deque
 from email import policy
 from email.parser import BytesParser
 from typing import Any
@@ -50,32 +51,36 @@ async def apply_mailto_unsubscribe(rt: Runtime, raw: bytes) -> str | None:
     return f"unsubscribed NPI {done['npi']} by mail" if done else "ignored: unsubscribe for an unknown email"
 
 
+TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+
+
 class BounceHandler:
     def __init__(self, rt: Runtime):
         self.rt = rt
-        self.results: list[str] = []
+        self.results: deque[str] = deque(maxlen=1000)
+        """What became of the latest reports, newest last (logs say the same)."""
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """250 once the mail is acted on, or is not ours to act on; a temporary failure when
+        we could not record it (database down), so the sending MTA tries again later rather
+        than an unsubscribe or a bounce being lost."""
         content: Any = envelope.original_content or envelope.content or b""
         raw = content if isinstance(content, bytes) else str(content).encode()
         try:
             unsubscribed = await apply_mailto_unsubscribe(self.rt, raw)
-        except Exception:  # noqa: BLE001 - the sender must not retry a request we cannot use
-            log.exception("mailto unsubscribe failed")
-            unsubscribed = "error"
-        if unsubscribed is not None:
-            self.results.append(unsubscribed)
-            log.info("mailto unsubscribe from %s: %s", envelope.mail_from, unsubscribed)
-            return "250 OK"
-        for report in parse_reports(raw, envelope_to=list(envelope.rcpt_tos)):
-            try:
-                result = await apply_report(self.rt, report)
-            except Exception:  # noqa: BLE001 - the sender must not retry a report we cannot use
-                log.exception("bounce report failed")
-                result = "error"
-            self.results.append(result)
-            log.info("bounce report %s for %s: %s", report.kind, report.recipient, result)
+            if unsubscribed is not None:
+                self._done(unsubscribed, f"mailto unsubscribe from {envelope.mail_from}")
+                return "250 OK"
+            for report in parse_reports(raw, envelope_to=list(envelope.rcpt_tos)):
+                self._done(await apply_report(self.rt, report), f"bounce report {report.kind} for {report.recipient}")
+        except Exception:  # noqa: BLE001 - anything that stops us recording is worth a retry
+            log.exception("could not record mail from %s", envelope.mail_from)
+            return TRY_LATER
         return "250 OK"
+
+    def _done(self, result: str, what: str) -> None:
+        self.results.append(result)
+        log.info("%s: %s", what, result)
 
 
 async def start_bounce_listener(rt: Runtime, host: str = "127.0.0.1", port: int = 2525) -> asyncio.Server:

@@ -181,6 +181,9 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
         return Decision(
             "frequency_cap", f"NPI {npi} already got {recent} emails in the last {format_duration(cap.per)} (cap {cap.max})"
         )
+    usable = {entry["address"] for entry in book if entry["status"] == "ok"}
+    if usable and usable <= blocked:
+        return Decision("suppressed", f"every address of NPI {npi} is on the suppression list")
     address = first_deliverable(book, blocked)
     if address is None:
         return Decision("no_deliverable_email", f"NPI {npi} has no deliverable address")

@@ -154,20 +154,21 @@ class EngagementWriter:
         if known is not None:
             answer = _answer(hit, known)
             if answer is not None:
-                self._queue(hit)
+                self._queue(hit)  # the batch in flight picks it up when it is done
             return answer
         hit.future = asyncio.get_running_loop().create_future()
-        self._queue(hit)
+        self._queue(hit, waiting=True)
         return await hit.future
 
     async def flush(self) -> None:
-        """Wait until every hit received so far is written (shutdown, tests)."""
+        """Wait until every hit received so far is written."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _queue(self, hit: Hit) -> None:
+    def _queue(self, hit: Hit, *, waiting: bool = False) -> None:
+        """A hit whose request waits gets a batch of its own when a connection is free."""
         self._pending.append(hit)
-        if self._flushes < self._max_flushes:
+        if self._flushes == 0 or (waiting and self._flushes < self._max_flushes):
             self._flushes += 1
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
@@ -219,6 +220,14 @@ def _resolve(hit: Hit, *, result: Any = None, exception: BaseException | None = 
         hit.future.set_exception(exception)
     else:
         hit.future.set_result(result)
+
+
+async def flush_engagement(rt: Runtime) -> None:
+    """Write the opens and clicks still waiting in this process; call before closing the
+    runtime so a graceful shutdown loses none of the hits answered ahead of their batch."""
+    held = rt.extras.get("engagement_writer")
+    if held is not None and held[0] is asyncio.get_running_loop():
+        await held[1].flush()
 
 
 def _writer(rt: Runtime) -> EngagementWriter:

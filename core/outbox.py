@@ -102,6 +102,7 @@ def _outbox_row(fact: Fact, crm: str, ref: dict[str, Any], now: datetime) -> dic
 
 
 def backoff(attempts: int) -> timedelta:
+    """15 s, 30 s, 1 min, … capped at one hour; a Retry-After longer than that wins."""
     return timedelta(seconds=min(15 * 2 ** max(attempts - 1, 0), 3600))
 
 
@@ -209,14 +210,17 @@ async def _record_results(rt: Runtime, batch: list[Activity], results: list[Push
                 values: dict[str, Any] = {"status": "pushed", "pushed_at": now, "last_error": None}
                 counts["pushed"] += 1
             else:
+                # A rate limit says nothing is wrong with the row: it waits, but does not
+                # spend one of its attempts (a daily limit would otherwise dead-letter it).
+                throttled = result.retry_after is not None and not result.permanent
                 attempts = (
                     await connection.execute(select(outbox.c.attempts).where(outbox.c.id == activity.id))
-                ).scalar_one() + 1
+                ).scalar_one() + (0 if throttled else 1)
                 if result.permanent or attempts >= limit:
                     values = {"status": "dead", "attempts": attempts, "last_error": result.error}
                     counts["dead"] += 1
                 else:
-                    wait = max(backoff(attempts), timedelta(seconds=result.retry_after or 0))
+                    wait = timedelta(seconds=result.retry_after or 0) if throttled else backoff(attempts)
                     values = {"attempts": attempts, "next_attempt_at": now + wait, "last_error": result.error}
                     counts["retried"] += 1
             await connection.execute(update(outbox).where(outbox.c.id == activity.id).values(**values))
@@ -232,8 +236,9 @@ async def list_outbox(rt: Runtime, *, status: str | None = None, limit: int = 10
 
 
 async def retry_dead(rt: Runtime, ids: list[int] | None = None) -> int:
+    """Give dead rows (those in `ids`, or all when None) a fresh set of attempts."""
     statement = update(outbox).where(outbox.c.status == "dead")
-    if ids:
+    if ids is not None:
         statement = statement.where(outbox.c.id.in_(ids))
     async with rt.db.begin() as connection:
         result = await connection.execute(statement.values(status="pending", attempts=0, next_attempt_at=rt.clock.now()))

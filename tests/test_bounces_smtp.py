@@ -32,7 +32,7 @@ class BounceMailbox:
 
     @property
     def results(self) -> list[str]:
-        return self.server.handler.results  # type: ignore[attr-defined]
+        return list(self.server.handler.results)  # type: ignore[attr-defined]
 
     async def deliver(self, raw: bytes, recipient: str, sender: str = "") -> None:
         """Reports come from the null reverse path (`MAIL FROM:<>`), as RFC 3464 requires."""

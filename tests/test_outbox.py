@@ -197,8 +197,9 @@ async def test_429_with_retry_after_waits_at_least_that_long(harness: Harness, r
     assert len(receiver.calls) == 1, "a 429 stops the push until Retry-After"
     pending = await outbox(harness, "pending")
     assert pending["counts"] == {"pending": 250}
-    refused = [item for item in pending["items"] if item["attempts"]]
-    assert len(refused) == 100 and all(item["last_error"] == "HTTP 429" for item in refused)
+    refused = [item for item in pending["items"] if item["last_error"] == "HTTP 429"]
+    assert len(refused) == 100
+    assert all(item["attempts"] == 0 for item in refused), "a rate limit does not spend an attempt"
     assert min(item["next_attempt_at"] for item in refused) == "2026-01-05T09:02:00Z"
 
     assert all(item["next_attempt_at"] >= "2026-01-05T09:02:00Z" for item in pending["items"]), \
@@ -275,6 +276,8 @@ async def test_retry_by_ids_and_a_refused_item_dead_letters_only_itself(harness:
     assert refused.status_code == 422
     other = await harness.client.post("/v1/outbox/retry", json={"ids": [dead["id"] + 1000]}, headers=harness.auth)
     assert other.json() == {"retried": 0}
+    none = await harness.client.post("/v1/outbox/retry", json={"ids": []}, headers=harness.auth)
+    assert none.json() == {"retried": 0}, "an empty list retries nothing, not everything"
     retried = await harness.client.post("/v1/outbox/retry", json={"ids": [dead["id"]]}, headers=harness.auth)
     assert retried.json() == {"retried": 1}
     await push(harness)

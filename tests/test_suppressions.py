@@ -100,6 +100,8 @@ async def test_bad_suppression_requests_are_refused(harness: Harness) -> None:
         response = await harness.client.post("/v1/suppressions", json=body, headers=harness.auth)
         assert response.status_code == 422, body
         assert response.json()["field"] == field, response.json()
+    empty = await harness.client.post("/v1/suppressions", headers=harness.auth)
+    assert empty.status_code == 422 and empty.json()["field"] == "body"
     assert (await harness.client.get("/v1/suppressions")).status_code == 401
     assert (await harness.client.post("/v1/suppressions", json={"npi": JANE})).status_code == 401
     assert await listed(harness) == []

@@ -23,6 +23,7 @@ from core.capture import CaptureServer, free_port
 from core.db import Database, hcps
 from core.demo import DEMO_NPI, write_demo_csv
 from core.directory import import_csv
+from core.engagement import flush_engagement
 from core.clock import Clock
 from core.runtime import build_runtime
 from core.schema import upgrade
@@ -125,6 +126,7 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
             pass
         await worker.close()
         bounce_server.close()
+        await flush_engagement(rt)
         for connector in rt.extras.get("connectors", {}).values():
             await connector.aclose()
         await rt.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from core.directory import email_problem
 from core.npi import npi_problem
 from core.outbox import list_outbox, outbox_counts, retry_dead
 from core.suppression import add_suppression, list_suppressions, remove_suppressions
-from webhooks.common import HTTPProblem, api_key_required, read_json, runtime
+from webhooks.common import HTTPProblem, api_key_required, read_body, runtime
 
 
 def _json(row: dict[str, Any]) -> dict[str, Any]:
@@ -34,6 +35,17 @@ def _target(body: Any) -> tuple[str | None, str | None]:
     if address and (not isinstance(address, str) or email_problem(address)):
         raise HTTPProblem(422, f"invalid email address {address!r}", "email")
     return npi, address.lower() if address else None
+
+
+async def _optional_json(request: Request) -> Any:
+    """The JSON body, or None when the request has none."""
+    raw = await read_body(request)
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPProblem(422, f"body is not valid JSON: {exc}", "body") from None
 
 
 def _suppression_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -65,10 +77,11 @@ async def suppressions(request: Request) -> Response:
         async with rt.db.connect() as connection:
             rows = await list_suppressions(connection, npi=query.get("npi"), address=query.get("email"))
         return JSONResponse({"suppressions": [_suppression_json(row) for row in rows]})
-    if request.method == "DELETE" and not await request.body():
-        body: Any = dict(request.query_params)
-    else:
-        body = await read_json(request)
+    body = await _optional_json(request)
+    if body is None:
+        if request.method == "POST":
+            raise HTTPProblem(422, "body must be a JSON object", "body")
+        body = dict(request.query_params)  # DELETE /v1/suppressions?email=…
     npi, address = _target(body)
     if request.method == "DELETE":
         async with rt.db.begin() as connection:
@@ -109,12 +122,12 @@ async def outbox(request: Request) -> Response:
 @api_key_required
 async def outbox_retry(request: Request) -> Response:
     """
-    summary: "Put dead-lettered outbox rows back in the queue (body {ids: [...]} optional; none = all)"
+    summary: "Put dead-lettered outbox rows back in the queue (body {ids: [...]}; no body = every dead row)"
     responses:
       200: {description: "{retried}"}
     """
     rt = runtime(request)
-    body = await read_json(request) if (await request.body()) else {}
+    body = await _optional_json(request)
     ids = body.get("ids") if isinstance(body, dict) else None
     if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
         raise HTTPProblem(422, "ids must be a list of integers", "ids")

@@ -16,8 +16,9 @@ from webhooks import api, dev, health
 def all_routes(*, dev_routes: bool) -> list[BaseRoute]:
     from webhooks import admin, hubspot, salesforce, tracking
 
+    # Tracking first: pixel loads are the most frequent requests by far.
     routes: list[BaseRoute] = [
-        *health.routes, *api.routes, *admin.routes, *tracking.routes, *hubspot.routes, *salesforce.routes,
+        *tracking.routes, *health.routes, *api.routes, *admin.routes, *hubspot.routes, *salesforce.routes,
     ]
     if dev_routes:
         routes += dev.routes
@@ -35,6 +36,7 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
             return
         from config import Settings
         from core.runtime import build_runtime
+        from core.engagement import flush_engagement
         from webhooks.crm import attach_connectors
 
         built = await build_runtime(Settings())
@@ -47,6 +49,7 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
         try:
             yield
         finally:
+            await flush_engagement(built)
             await built.aclose()
 
     app = Starlette(routes=all_routes(dev_routes=dev_routes), lifespan=lifespan)

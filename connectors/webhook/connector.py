@@ -2,8 +2,9 @@
 
 The body is `{"type": "activities", "data": [activity, …]}`. The receiver answers 2xx to
 accept the whole batch, or 2xx with `{"results": [{"id": 1, "ok": false, "error": "…"}]}` to
-refuse single items; 429 and 5xx are retried (honouring `Retry-After`), other 4xx
-dead-letter the batch.
+refuse single items; 408, 425, 429 and 5xx are retried (honouring `Retry-After`), other 4xx
+dead-letter the batch. Every request is signed with the Standard Webhooks scheme when
+`crm.webhook.secret` is set, and a retried batch keeps its `webhook-id`.
 """
 
 from __future__ import annotations
@@ -89,23 +90,34 @@ class WebhookConnector(Connector):
                 response = await client.post(settings.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             return [PushResult(a.id, ok=False, error=f"{type(exc).__name__}: {exc}") for a in batch]
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code in _RETRYABLE or response.status_code >= 500:
             wait = retry_after_seconds(response.headers.get("retry-after"), 30.0 if response.status_code == 429 else 0.0, now)
             error = f"HTTP {response.status_code}"
             return [PushResult(a.id, ok=False, error=error, retry_after=wait or None) for a in batch]
         if response.status_code >= 400:
             error = f"HTTP {response.status_code}: {response.text[:200]}"
             return [PushResult(a.id, ok=False, error=error, permanent=True) for a in batch]
-        refused: dict[int, str] = {}
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if isinstance(answer, dict) and isinstance(answer.get("results"), list):
-            for item in answer["results"]:
-                if isinstance(item, dict) and item.get("ok") is False:
-                    refused[int(item.get("id", -1))] = str(item.get("error") or "refused")
+        refused = refused_items(response)
         return [
             PushResult(a.id, ok=False, error=refused[a.id], permanent=True) if a.id in refused else PushResult(a.id, ok=True)
             for a in batch
         ]
+
+
+_RETRYABLE = {408, 425, 429}
+"""Client errors that mean "not now" rather than "never"."""
+
+
+def refused_items(response: httpx.Response) -> dict[int, str]:
+    """Items a 2xx answer refused one by one (`{"results": [{"id", "ok": false, "error"}]}`);
+    anything else in the body means the whole batch was accepted."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    refused: dict[int, str] = {}
+    items = answer.get("results") if isinstance(answer, dict) else None
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("ok") is False and isinstance(item.get("id"), int):
+            refused[item["id"]] = str(item.get("error") or "refused")
+    return refused
