@@ -17,7 +17,7 @@ from connectors.base import InboundRequest, WebhookRejected, build_connectors
 from connectors.salesforce import SalesforceConnector, request_kind, sign_event, soap_ack, soap_fault
 from core.activities import Activity
 from core.clock import ManualClock
-from tests.fakes.fake_salesforce import FakeSalesforce
+from tests.fakes.fake_salesforce import FakeSalesforce, fake, fake_server  # noqa: F401  (fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "salesforce"
 ORG_18 = "00D5g000004ABCDEAA"
@@ -82,20 +82,6 @@ def activity(index: int, kind: str = "opened", object_id: str | None = "", **det
         object_id=f"0035g{index:010d}AAA" if object_id == "" else object_id,
         details=details,
     )
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeSalesforce]:
-    server = FakeSalesforce().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fake(fake_server: FakeSalesforce, monkeypatch: pytest.MonkeyPatch) -> FakeSalesforce:
-    fake_server.reset()
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake_server.ca_bundle)
-    return fake_server
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -27,7 +27,7 @@ from connectors.salesforce import sign_event
 from core.db import inbound_events
 from core.npi import make_npi
 from core.outbox import push_outbox
-from tests.fakes.fake_salesforce import FakeSalesforce
+from tests.fakes.fake_salesforce import FakeSalesforce, fake, fake_server  # noqa: F401  (fixtures)
 from tests.harness import BASE_CONFIG, JANE, MEI, OMAR, Harness, drain, load_directory
 
 FIXTURES = Path(__file__).parent / "fixtures" / "salesforce"
@@ -57,20 +57,6 @@ TRIGGERS: list[dict[str, Any]] = [
 
 
 # -- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeSalesforce]:
-    server = FakeSalesforce().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fake(fake_server: FakeSalesforce, monkeypatch: pytest.MonkeyPatch) -> FakeSalesforce:
-    fake_server.reset()
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake_server.ca_bundle)
-    return fake_server
 
 
 @pytest.fixture

@@ -30,10 +30,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import parse_qs
 
 import jwt
+import pytest
 import trustme
 import uvicorn
 from starlette.applications import Starlette
@@ -310,3 +311,22 @@ class FakeSalesforce:
     @staticmethod
     def _save_error(code: str, message: str, fields: list[str]) -> dict[str, Any]:
         return {"success": False, "errors": [{"statusCode": code, "message": message, "fields": fields}]}
+
+
+# Shared pytest fixtures: import `fake` (and `fake_server`) into a test module to use them.
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeSalesforce]:
+    """One HTTPS fake per test module (starting uvicorn with TLS costs ~0.5 s)."""
+    server = FakeSalesforce().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake(fake_server: FakeSalesforce, monkeypatch: pytest.MonkeyPatch) -> FakeSalesforce:
+    """The fake, emptied, with simple-salesforce (requests) trusting its throwaway CA."""
+    fake_server.reset()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake_server.ca_bundle)
+    return fake_server
