@@ -117,3 +117,12 @@ async def test_health_is_503_when_redis_is_gone(harness: Harness) -> None:
     finally:
         harness.rt.queue = real
     assert response.status_code == 503 and response.json()["redis"].startswith("error")
+
+
+async def test_openapi_responses_are_well_formed(harness: Harness) -> None:
+    """A comma in an unquoted YAML flow mapping splits a description into junk keys."""
+    spec = (await harness.client.get("/openapi.json")).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for code, response in operation["responses"].items():
+                assert set(response) == {"description"}, (path, method, code, response)

@@ -16,7 +16,7 @@ async def hubspot(request: Request) -> Response:
     responses:
       200: {description: "{received, duplicates}"}
       400: {description: Malformed body}
-      401: {description: Missing, wrong or stale signature}
+      401: {description: "Missing, wrong or stale signature"}
       403: {description: Another portal}
     """
     error, new, duplicates = await receive(request, "hubspot")

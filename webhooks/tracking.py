@@ -26,7 +26,7 @@ async def open_pixel(request: Request) -> Response:
     summary: Open-tracking pixel (1x1 GIF)
     responses:
       200: {description: image/gif}
-      404: {description: Forged, altered or unknown token}
+      404: {description: "Forged, altered or unknown token"}
     """
     rt = runtime(request)
     payload = tokens_for(rt).read(request.path_params["token"], "o")
@@ -41,7 +41,7 @@ async def click(request: Request) -> Response:
     summary: Click redirect, only to a link that was in that email
     responses:
       302: {description: Redirect to the original link}
-      404: {description: Forged, altered or unknown token}
+      404: {description: "Forged, altered or unknown token"}
     """
     rt = runtime(request)
     payload = tokens_for(rt).read(request.path_params["token"], "c")
@@ -68,8 +68,8 @@ async def unsubscribe_page(request: Request) -> Response:
     """
     summary: Unsubscribe; GET shows a page whose button POSTs, POST (RFC 8058 one-click) unsubscribes at once
     responses:
-      200: {description: Unsubscribed, or the confirmation page}
-      404: {description: Forged, altered or unknown token}
+      200: {description: "Unsubscribed, or the confirmation page"}
+      404: {description: "Forged, altered or unknown token"}
     """
     rt = runtime(request)
     token = request.path_params["token"]
