@@ -41,6 +41,8 @@ class Decision:
     status: str
     reason: str
     message_id: str | None = None
+    message: dict[str, Any] | None = None
+    """The new message row, when the decision already claimed it for sending."""
 
 
 def audience_problem(campaign: Campaign, hcp: dict[str, Any]) -> str | None:
@@ -110,11 +112,13 @@ async def pick_address(connection: AsyncConnection, npi: str, campaign: Campaign
     return first_deliverable(await address_book(connection, npi), blocked)
 
 
-async def decide(rt: Runtime, trigger_id: str, *, enqueue_send: bool = True) -> Decision | None:
+async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Decision | None:
     """Decide a pending trigger; None when it was already decided (a duplicate job).
 
-    The worker sends right away in the same job (`enqueue_send=False`); a message whose
-    sender died before sending stays `queued` and is re-enqueued by the sweep."""
+    With `send_now` the worker delivers in the same job: the message is created already
+    claimed (`sending`), which saves a transaction per email; a worker that dies before
+    delivering leaves it to become `unknown`, like any send interrupted mid-way. Otherwise
+    the message is `queued` and a send job is enqueued."""
     async with rt.db.begin() as connection:
         now = rt.clock.now()
         trigger = (
@@ -127,18 +131,18 @@ async def decide(rt: Runtime, trigger_id: str, *, enqueue_send: bool = True) -> 
         ).mappings().first()
         if trigger is None:
             return None
-        decision = await _decide(connection, rt.config, trigger, now)
+        decision = await _decide(connection, rt.config, trigger, now, claim=send_now)
         await connection.execute(
             update(triggers).where(triggers.c.id == trigger_id).values(status=decision.status, reason=decision.reason)
         )
-    if decision.message_id and enqueue_send:
+    if decision.message_id and not send_now:
         await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
     TRIGGERS.labels(decision.status).inc()
     log.info("trigger %s → %s (%s)", trigger_id, decision.status, decision.reason)
     return decision
 
 
-async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now: datetime) -> Decision:
+async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, claim: bool) -> Decision:
     npi = trigger["npi"]
     problem = npi_problem(npi)
     if problem:
@@ -191,12 +195,12 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
         rendered = render_campaign(campaign, hcp, trigger["data"] or {})
     except TemplateError as exc:
         return Decision("failed", f"template error: {exc}")
-    message_id = new_id("msg")
-    await connection.execute(
-        messages.insert().values(
-            id=message_id, trigger_id=trigger["id"], npi=npi, campaign_id=campaign.id, kind="initial", seq=0,
-            to_address=address, subject=rendered.subject, html=rendered.html, status="queued", attempts=0,
-            created_at=now,
-        )
-    )
-    return Decision("queued", f"queued to {address}", message_id)
+    row: dict[str, Any] = {
+        "id": new_id("msg"), "trigger_id": trigger["id"], "npi": npi, "campaign_id": campaign.id, "kind": "initial",
+        "seq": 0, "to_address": address, "subject": rendered.subject, "html": rendered.html,
+        "status": "sending" if claim else "queued", "attempts": 1 if claim else 0, "claimed_at": now if claim else None,
+        "created_at": now,
+    }
+    await connection.execute(messages.insert().values(**row))
+    row["source_ref"] = trigger["source_ref"]
+    return Decision("queued", f"queued to {address}", row["id"], row if claim else None)

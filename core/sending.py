@@ -62,6 +62,11 @@ async def send_message(rt: Runtime, message_id: str) -> str | None:
     message = await _claim(rt, message_id, now)
     if message is None:
         return None
+    return await deliver(rt, message)
+
+
+async def deliver(rt: Runtime, message: dict[str, Any]) -> str:
+    """Compose and hand a claimed (`sending`) message to SMTP, then record the outcome."""
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")

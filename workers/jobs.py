@@ -8,6 +8,7 @@ from core.decisions import decide
 from core.outbox import push_outbox
 from core.runtime import Runtime
 from core.scheduler import sweep as sweep_due
+from core.sending import deliver
 from core.sending import send_message as send_one
 
 
@@ -17,11 +18,11 @@ def _rt(ctx: dict[str, Any]) -> Runtime:
 
 async def process_trigger(ctx: dict[str, Any], trigger_id: str) -> str | None:
     rt = _rt(ctx)
-    decision = await decide(rt, trigger_id, enqueue_send=False)
+    decision = await decide(rt, trigger_id, send_now=True)
     if decision is None:
         return None
-    if decision.message_id:
-        return await send_one(rt, decision.message_id)
+    if decision.message is not None:
+        return await deliver(rt, decision.message)
     return decision.status
 
 
