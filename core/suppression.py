@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
@@ -16,18 +16,24 @@ MARKETING_ONLY = {"unsubscribed"}
 newsletters does not cancel a requested sample confirmation)."""
 
 
+_CHECK = (
+    select(suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
+    .where(
+        or_(
+            suppressions.c.npi == bindparam("npi"),
+            suppressions.c.address.in_(select(hcp_emails.c.address).where(hcp_emails.c.npi == bindparam("npi")).scalar_subquery()),
+        ),
+        or_(suppressions.c.campaign_id.is_(None), suppressions.c.campaign_id == bindparam("campaign_id")),
+    )
+    .order_by(suppressions.c.created_at)
+)
+"""Built once: statement construction costs more Python than the query on the hot path."""
+
+
 async def suppression_check(connection: AsyncConnection, npi: str, campaign: Campaign) -> tuple[str | None, set[str]]:
     """One query: why the HCP is suppressed for `campaign` (or None), and which of their
     addresses are blocked on their own."""
-    addresses = select(hcp_emails.c.address).where(hcp_emails.c.npi == npi).scalar_subquery()
-    rows = await connection.execute(
-        select(suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
-        .where(
-            or_(suppressions.c.npi == npi, suppressions.c.address.in_(addresses)),
-            or_(suppressions.c.campaign_id.is_(None), suppressions.c.campaign_id == campaign.id),
-        )
-        .order_by(suppressions.c.created_at)
-    )
+    rows = await connection.execute(_CHECK, {"npi": npi, "campaign_id": campaign.id})
     reason: str | None = None
     blocked: set[str] = set()
     for why, address, campaign_id, created_at in rows:
