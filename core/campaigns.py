@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
@@ -19,8 +19,11 @@ async def paused_ids(connection: AsyncConnection, config: Config) -> set[str]:
     return {c.id for c in config.campaigns if stored.get(c.id, c.paused)}
 
 
+_PAUSED = select(campaign_states.c.paused).where(campaign_states.c.campaign_id == bindparam("campaign_id"))
+
+
 async def is_paused(connection: AsyncConnection, campaign: Campaign) -> bool:
-    row = await connection.execute(select(campaign_states.c.paused).where(campaign_states.c.campaign_id == campaign.id))
+    row = await connection.execute(_PAUSED, {"campaign_id": campaign.id})
     stored = row.scalar_one_or_none()
     return campaign.paused if stored is None else bool(stored)
 

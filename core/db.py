@@ -273,7 +273,9 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
             _sqlite_pragmas(self.engine)
         else:
-            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # No pre-ping: it costs a round trip per transaction. A connection broken by a
+            # server restart fails one job, which arq and the sweep retry.
+            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

@@ -68,12 +68,15 @@ async def record_activity(
 async def record_activities(rt: Runtime, connection: AsyncConnection, facts: list[Fact], now: datetime) -> int:
     """Queue many facts in two statements (the tracking routes write opens and clicks in
     batches); returns how many rows were new."""
-    trigger_ids = {fact.message["trigger_id"] for fact in facts}
-    if not trigger_ids:
+    # A message row read with its trigger's `source_ref` (the send path) saves the query.
+    refs = {fact.message["trigger_id"]: fact.message["source_ref"] for fact in facts if "source_ref" in fact.message}
+    missing = {fact.message["trigger_id"] for fact in facts} - set(refs)
+    if missing:
+        refs.update(
+            (await connection.execute(select(triggers.c.id, triggers.c.source_ref).where(triggers.c.id.in_(missing)))).all()
+        )
+    if not refs:
         return 0
-    refs = dict(
-        (await connection.execute(select(triggers.c.id, triggers.c.source_ref).where(triggers.c.id.in_(trigger_ids)))).all()
-    )
     rows: dict[str, dict[str, Any]] = {}
     for fact in facts:
         if fact.message["trigger_id"] not in refs:
