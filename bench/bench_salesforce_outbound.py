@@ -134,7 +134,7 @@ async def serve(kind: str, port: int, database_url: str, schema: str | None, red
     from config import Settings, parse_config
     from core.runtime import build_runtime
     from webhooks.app import create_app
-    from webhooks.crm import attach_connectors
+    from connectors.base import attach_connectors
 
     logging.basicConfig(level=logging.WARNING)
     db = database(database_url, schema)

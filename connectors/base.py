@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping
 from config import Config, Settings
 from core.activities import Activity, InboundEvent, PushResult
 from core.clock import Clock
+from core.runtime import Runtime
 
 
 @dataclass
@@ -95,6 +96,11 @@ def connector_classes() -> dict[str, type[Connector]]:
     import connectors  # noqa: F401  (imports every sub-package, which registers itself)
 
     return dict(_REGISTRY)
+
+
+def attach_connectors(rt: Runtime) -> None:
+    """Give a runtime its connectors, once (the web app and the worker both need them)."""
+    rt.extras.setdefault("connectors", build_connectors(rt.config, rt.settings, rt.clock))
 
 
 def build_connectors(config: Config, settings: Settings, clock: Clock) -> dict[str, Connector]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from connectors.base import Connector, CrmUnavailable
 from core.db import triggers
-from core.directory import add_address
+from core.directory import add_address, get_hcp
 from core.inbound import claim_event, event_from_row, finish_event, retry_event
 from core.npi import npi_problem
 from core.rules import matching_rules
@@ -61,8 +61,6 @@ async def _process(rt: Runtime, event: Any) -> str:
     ref = {"crm": event.source, "object_type": event.object_type, "object_id": event.object_id}
     if contact.email and not npi_problem(npi):
         async with rt.db.begin() as connection:
-            from core.directory import get_hcp
-
             if await get_hcp(connection, npi):
                 await add_address(connection, npi, contact.email, source=f"crm:{event.source}", now=rt.clock.now())
     accepted = []

@@ -85,18 +85,6 @@ async def contact_history(
     return (max(moments) if moments else None), int(recent or 0)
 
 
-async def last_contact(connection: AsyncConnection, npi: str, campaign_id: str) -> datetime | None:
-    """When this HCP last received (or opened) an email of this campaign."""
-    moment = func.coalesce(messages.c.sent_at, messages.c.created_at)
-    row = await connection.execute(
-        select(func.max(moment), func.max(messages.c.opened_at)).where(
-            messages.c.npi == npi, messages.c.campaign_id == campaign_id, messages.c.status.in_(ACTIVE)
-        )
-    )
-    moments = [value for value in row.one() if value is not None]
-    return max(moments) if moments else None
-
-
 _ADDRESS_BOOK = select(
     hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id
 ).where(hcp_emails.c.npi == bindparam("npi"))

@@ -31,7 +31,7 @@ from core.directory import mark_address
 from core.metrics import TRACKING
 from core.outbox import Fact, record_activities, record_activity
 from core.runtime import Runtime
-from core.scheduler import SweepStep
+from core.scheduler import SweepStep, engagement_column
 from core.suppression import add_suppression
 from core.triggers import accept_trigger
 
@@ -579,7 +579,7 @@ async def no_engagement_step(rt: Runtime) -> int:
     `after` ago whose trigger saw no engagement fire the rule once."""
     now = rt.clock.now()
     sibling = messages.alias("sibling")
-    column = sibling.c.clicked_at if rt.config.tracking.engagement == "click" else sibling.c.opened_at
+    column = engagement_column(rt.config, sibling)
     engaged = select(sibling.c.id).where(sibling.c.trigger_id == messages.c.trigger_id, column.is_not(None)).exists()
     fired: list[tuple[str, dict[str, Any]]] = []
     for index, rule in enumerate(rt.config.triggers):

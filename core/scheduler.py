@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 from jinja2 import TemplateError
 from sqlalchemy import func, select, update
 
+from core.campaigns import is_paused
 from core.db import inbound_events, messages, triggers
 from core.decisions import pick_address
 from core.directory import get_hcp
@@ -31,14 +32,9 @@ BATCH = 500
 PROCESSING_STUCK_AFTER = timedelta(minutes=5)
 
 
-async def engaged(rt: Runtime, trigger_id: str) -> bool:
-    """Did the HCP engage with any email of this trigger (as `tracking.engagement` defines it)?"""
-    column = messages.c.clicked_at if rt.config.tracking.engagement == "click" else messages.c.opened_at
-    async with rt.db.connect() as connection:
-        row = await connection.execute(
-            select(func.count()).where(messages.c.trigger_id == trigger_id, column.is_not(None))
-        )
-        return bool(row.scalar_one())
+def engagement_column(config: Any, table: Any = messages) -> Any:
+    """The message column whose being set means the HCP engaged (`tracking.engagement`)."""
+    return table.c.clicked_at if config.tracking.engagement == "click" else table.c.opened_at
 
 
 async def promote_resend(rt: Runtime, message_id: str) -> str | None:
@@ -66,7 +62,7 @@ async def _resend_plan(rt: Runtime, connection: Any, message: Any, trigger: Any)
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return "cancelled", {"error": "campaign no longer in the config", "due_at": None}
-    column = messages.c.clicked_at if rt.config.tracking.engagement == "click" else messages.c.opened_at
+    column = engagement_column(rt.config)
     engaged_count = (
         await connection.execute(select(func.count()).where(messages.c.trigger_id == trigger["id"], column.is_not(None)))
     ).scalar_one()
@@ -75,8 +71,6 @@ async def _resend_plan(rt: Runtime, connection: Any, message: Any, trigger: Any)
     reason = await suppression_reason(connection, message["npi"], campaign)
     if reason:
         return "cancelled", {"error": f"suppressed: {reason}", "due_at": None}
-    from core.campaigns import is_paused
-
     if await is_paused(connection, campaign):
         return "cancelled", {"error": f"campaign {campaign.id} is paused", "due_at": None}
     address = await pick_address(connection, message["npi"], campaign)

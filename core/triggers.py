@@ -13,22 +13,6 @@ from core.db import messages, new_id, triggers
 from core.queue import PROCESS_TRIGGER
 from core.runtime import Runtime
 
-OUTCOMES = (
-    "invalid_npi",
-    "unknown_campaign",
-    "campaign_paused",
-    "unknown_hcp",
-    "not_in_audience",
-    "suppressed",
-    "cooldown",
-    "frequency_cap",
-    "no_deliverable_email",
-    "sent",
-    "failed",
-)
-IN_FLIGHT = ("pending", "queued")
-
-
 @dataclass(frozen=True)
 class Accepted:
     id: str

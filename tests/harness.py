@@ -4,7 +4,6 @@ aiosmtpd server, the real arq worker, and a ManualClock in place of waiting."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -17,6 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from config import Config, Settings, parse_config
+from core.capture import free_port
 from core.apikeys import create_key
 from core.clock import ManualClock
 from core.runtime import Runtime, build_runtime
@@ -72,12 +72,6 @@ DIRECTORY_CSV = f"""npi,first_name,last_name,credential,specialty,state,email
 
 def make_config(text: str = BASE_CONFIG, **env: str) -> Config:
     return parse_config(text, base=Path("."), env=env)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -148,7 +142,7 @@ async def build_test_runtime(
     values.update(settings)
     rt = await build_runtime(Settings(**values), config=config, clock=clock)
     await upgrade(rt.db)
-    from webhooks.crm import attach_connectors
+    from connectors.base import attach_connectors
     from workers.settings import attach_adapters
 
     attach_connectors(rt)

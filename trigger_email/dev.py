@@ -28,7 +28,7 @@ from core.clock import Clock
 from core.runtime import build_runtime
 from core.schema import upgrade
 from webhooks.app import create_app
-from webhooks.crm import attach_connectors
+from connectors.base import attach_connectors
 from workers.settings import make_worker
 
 log = logging.getLogger("trigger_email.dev")

@@ -37,7 +37,7 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
         from config import Settings
         from core.runtime import build_runtime
         from core.engagement import flush_engagement
-        from webhooks.crm import attach_connectors
+        from connectors.base import attach_connectors
 
         built = await build_runtime(Settings())
         attach_connectors(built)

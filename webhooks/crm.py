@@ -8,19 +8,14 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from connectors.base import Connector, InboundRequest, WebhookRejected, build_connectors
+from connectors.base import Connector, InboundRequest, WebhookRejected
 from core.inbound import store_events
 from core.metrics import WEBHOOKS
-from core.runtime import Runtime
 from webhooks.common import HTTPProblem, read_body, runtime
 
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BODY = 4 * 1024 * 1024
-
-
-def attach_connectors(rt: Runtime) -> None:
-    rt.extras.setdefault("connectors", build_connectors(rt.config, rt.settings, rt.clock))
 
 
 def _connector(request: Request, name: str) -> Connector | None:

@@ -31,10 +31,10 @@ POLL_DELAY = 0.05
 
 def attach_adapters(rt: Runtime) -> None:
     """Give the runtime its connectors and extra sweep steps (core does not know them)."""
-    from connectors.base import build_connectors
+    from connectors.base import attach_connectors
     from core.engagement import sweep_steps
 
-    rt.extras.setdefault("connectors", build_connectors(rt.config, rt.settings, rt.clock))
+    attach_connectors(rt)
     rt.extras.setdefault("sweep_steps", sweep_steps())
 
 
