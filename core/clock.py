@@ -11,6 +11,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def iso(moment: datetime | None) -> str | None:
+    """The one JSON form of a time: ISO 8601 in UTC with a `Z`."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if moment else None
+
+
 class Clock:
     """Wall-clock time, always timezone-aware UTC."""
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from core.clock import iso
 from core.db import messages, new_id, triggers
 from core.queue import PROCESS_TRIGGER
 from core.runtime import Runtime
@@ -64,10 +64,6 @@ async def accept_trigger(
     return Accepted(id=trigger_id, status="pending", created=True)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
 async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
     async with rt.db.connect() as connection:
         row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
@@ -86,8 +82,8 @@ async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
         "reason": row["reason"],
         "source": row["source"],
         "data": row["data"],
-        "created_at": _iso(row["created_at"]),
-        "decided_at": _iso(row["decided_at"]),
+        "created_at": iso(row["created_at"]),
+        "decided_at": iso(row["decided_at"]),
         "messages": [message_view(message) for message in message_rows],
     }
 
@@ -102,15 +98,15 @@ def message_view(message: Any) -> dict[str, Any]:
         "subject": message["subject"],
         "status": message["status"],
         "kind": message["kind"],
-        "sent_at": _iso(message["sent_at"]),
-        "due_at": _iso(message["due_at"]) if message["status"] in ("scheduled", "queued") else None,
+        "sent_at": iso(message["sent_at"]),
+        "due_at": iso(message["due_at"]) if message["status"] in ("scheduled", "queued") else None,
         "attempts": message["attempts"],
         "error": message["error"],
         "message_id": message["message_id"],
-        "opened_at": _iso(message["opened_at"]),
+        "opened_at": iso(message["opened_at"]),
         "open_count": message["open_count"] or 0,
         "machine_opens": message["machine_opens"] or 0,
-        "clicked_at": _iso(message["clicked_at"]),
+        "clicked_at": iso(message["clicked_at"]),
         "clicks": message["click_count"] or 0,
         "links": list(message["links"] or []),
         "bounced": message["bounced_at"] is not None,

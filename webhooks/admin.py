@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.clock import iso
 from core.directory import email_problem
 from core.npi import npi_problem
 from core.outbox import list_outbox, outbox_counts, retry_dead
@@ -18,7 +19,7 @@ from webhooks.common import HTTPProblem, api_key_required, read_body, runtime
 
 
 def _json(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value for key, value in row.items()}
+    return {key: iso(value) if isinstance(value, datetime) else value for key, value in row.items()}
 
 
 def _target(body: Any) -> tuple[str | None, str | None]:

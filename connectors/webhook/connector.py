@@ -21,6 +21,7 @@ import httpx
 
 from connectors.base import Connector, register
 from core.activities import Activity, PushResult
+from core.clock import iso
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -59,7 +60,7 @@ def activity_json(activity: Activity) -> dict[str, Any]:
         "campaign_id": activity.campaign_id,
         "subject": activity.subject,
         "message_id": activity.message_id,
-        "occurred_at": activity.occurred_at.isoformat().replace("+00:00", "Z"),
+        "occurred_at": iso(activity.occurred_at),
         "object_type": activity.object_type,
         "object_id": activity.object_id,
         "details": activity.details,
