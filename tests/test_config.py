@@ -67,7 +67,7 @@ def test_unknown_key_unknown_campaign_and_missing_env_are_all_reported(config_di
     text = VALID.replace("cooldown: 12h", "cooldown: 12h\n    colour: blue").replace("send: asthma-launch", "send: asthma")
     found = problems(text, config_dir)
     assert "campaigns[1].colour: unknown key" in found
-    assert "triggers[0].send: unknown campaign 'asthma'" in found
+    assert "triggers[0].send: unknown campaign 'asthma'; did you mean `asthma-launch`?" in found
     assert "crm.hubspot.access_token: environment variable HS_TOKEN is not set" in found
 
 

@@ -51,10 +51,16 @@ def _config(path: str | None = None):  # type: ignore[no-untyped-def]
     try:
         return load_config(path or _settings().trigger_email_config)
     except ConfigError as error:
-        err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
-        for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
+        _print_config_error(error)
         raise typer.Exit(1) from None
+
+
+def _print_config_error(error: ConfigError) -> None:
+    err.print(f"[red]config error[/red] in {error.source}: {len(error.problems)} problem(s)", highlight=False)
+    for problem in error.problems:
+        err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+    for warning in error.warnings:
+        err.print(f"  warning: {warning}", highlight=False, markup=False, soft_wrap=True)
 
 
 async def _runtime(*, redis: bool = False):  # type: ignore[no-untyped-def]
@@ -91,7 +97,10 @@ def _logging(level: str, log_format: str = "text") -> None:
 @config_app.command("check")
 def config_check(file: Optional[Path] = typer.Argument(None, help="The config file (default: $TRIGGER_EMAIL_CONFIG or the example).")) -> None:
     """Validate a config file: every error with its path, exit 1; or a summary, exit 0."""
+    from config import format_duration
+
     config = _config(str(file) if file else None)
+    warnings = [str(warning) for warning in config.warnings] + run(_directory_warnings(config))
     crms = [name for name in ("hubspot", "salesforce", "webhook") if getattr(config.crm, name) is not None]
     out.print(
         f"OK: {len(config.campaigns)} campaign(s), {len(config.triggers)} trigger rule(s), "
@@ -99,8 +108,58 @@ def config_check(file: Optional[Path] = typer.Argument(None, help="The config fi
         highlight=False,
     )
     for campaign in config.campaigns:
-        resend = f", resend after {campaign.resend.after} ×{campaign.resend.max}" if campaign.resend else ""
-        out.print(f"  {campaign.id} ({campaign.kind}): cooldown {campaign.cooldown}{resend}", highlight=False, markup=False)
+        resend = f", resend after {format_duration(campaign.resend.after)} ×{campaign.resend.max}" if campaign.resend else ""
+        variants = f", {len(campaign.subjects)} subject variants" if campaign.subjects else ""
+        files = f", {len(campaign.files)} attachment(s)" if campaign.files else ""
+        out.print(
+            f"  {campaign.id} ({campaign.kind}): cooldown {format_duration(campaign.cooldown)}{resend}{variants}{files}"
+            f", version {campaign.version}",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+    for warning in warnings:
+        out.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+
+
+async def _directory_warnings(config: Any) -> list[str]:
+    """Audience specialties no HCP in the loaded directory has (a typo reaches nobody).
+    Silent when there is no database or no directory yet."""
+    from sqlalchemy import select
+    from sqlalchemy.engine import make_url
+
+    from config.templating import nearest
+    from core.db import Database, hcps
+
+    wanted = [(index, c.audience.specialties or []) for index, c in enumerate(config.campaigns)]
+    if not any(specialties for _index, specialties in wanted):
+        return []
+    url = _settings().database_url
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    except Exception:  # noqa: BLE001
+        return []
+    if parsed.drivername.startswith("sqlite") and not (parsed.database and Path(parsed.database).is_file()):
+        return []  # do not create a database file just to look into it
+    db = Database(url)
+    try:
+        async with db.connect() as connection:
+            known = set((await connection.execute(select(hcps.c.specialty).distinct())).scalars())
+    except Exception:  # noqa: BLE001 - no database here: nothing to compare with
+        return []
+    finally:
+        await db.dispose()
+    known.discard("")
+    if not known:
+        return []
+    warnings = []
+    for index, specialties in wanted:
+        for position, specialty in enumerate(specialties):
+            if specialty not in known:
+                guess = nearest(specialty, known)
+                hint = f"; did you mean `{guess}`?" if guess else ""
+                warnings.append(
+                    f"campaigns[{index}].audience.specialties[{position}]: no HCP in the directory has specialty {specialty!r}{hint}"
+                )
+    return warnings
 
 
 @directory_app.command("import")
@@ -367,9 +426,7 @@ def dev(
     except KeyboardInterrupt:
         pass
     except ConfigError as error:
-        err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
-        for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
+        _print_config_error(error)
         raise typer.Exit(1) from None
 
 
