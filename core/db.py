@@ -69,6 +69,7 @@ hcps = Table(
     Column("state", String(2), nullable=False, default=""),
     Column("send_seq", Integer, nullable=False, default=0),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("timezone", String(64)),  # IANA zone for quiet hours; else from the state (revision 0008)
 )
 
 hcp_emails = Table(
@@ -153,6 +154,9 @@ messages = Table(
     Column("bounce_reason", Text),
     Column("unsubscribed_at", UTCDateTime),
     Column("links", JSON),
+    # campaign authoring (revision 0008): the campaign version and A/B subject variant sent
+    Column("campaign_version", String(16)),
+    Column("variant", Integer),
     Index("ix_messages_trigger_id", "trigger_id"),
     Index("ix_messages_npi_campaign_id", "npi", "campaign_id"),
     Index("ix_messages_npi_created_at", "npi", "created_at"),
@@ -240,6 +244,37 @@ rule_firings = Table(
     Column("rule_key", String(255), primary_key=True),
     Column("trigger_id", String(40)),
     Column("fired_at", UTCDateTime, nullable=False),
+)
+
+
+campaign_versions = Table(
+    "campaign_versions",
+    metadata,
+    Column("campaign_id", String(128), primary_key=True),
+    Column("version", String(16), primary_key=True),
+    Column("took_effect_at", UTCDateTime, nullable=False),
+    Column("subject", Text),
+)
+
+config_loads = Table(
+    "config_loads",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("text_hash", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("source", String(500)),
+    Column("loaded_at", UTCDateTime, nullable=False),
+)
+
+ab_decisions = Table(
+    "ab_decisions",
+    metadata,
+    Column("campaign_id", String(128), primary_key=True),
+    Column("subjects_hash", String(16), nullable=False),
+    Column("winner", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("figures", JSON, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=False),
 )
 
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import and_, bindparam, case, func, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
@@ -27,7 +27,9 @@ from core.directory import SOURCE_PRIORITY
 from core.npi import npi_problem
 from core.metrics import TRIGGERS
 from core.queue import SEND_MESSAGE
+from core.quiet_hours import hold_reason, quiet_until
 from core.render import render_campaign
+from core.variants import pick_variant, winners_of
 from core.runtime import Runtime
 from core.suppression import suppression_check
 
@@ -64,11 +66,14 @@ def _history_statement(uncapped: tuple[str, ...]) -> Any:
     capped = moment >= bindparam("since", type_=messages.c.created_at.type)
     if uncapped:
         capped = and_(capped, messages.c.campaign_id.not_in(uncapped))
+    # An initial email held for quiet hours counts as sent: a second trigger in the window
+    # must not queue a second email.
+    held = and_(messages.c.status == "scheduled", messages.c.kind == "initial")
     return select(
         func.max(case((mine, moment))),
         func.max(case((mine, messages.c.opened_at))),
         func.count(case((capped, 1))),
-    ).where(messages.c.npi == bindparam("npi"), messages.c.status.in_(ACTIVE))
+    ).where(messages.c.npi == bindparam("npi"), or_(messages.c.status.in_(ACTIVE), held))
 
 
 async def contact_history(
@@ -134,16 +139,18 @@ async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Dec
         trigger = (await connection.execute(_CLAIM_TRIGGER, {"trigger_id": trigger_id, "now": now})).mappings().first()
         if trigger is None:
             return None
-        decision = await _decide(connection, rt.config, trigger, now, claim=send_now)
+        decision = await _decide(connection, rt.config, trigger, now, claim=send_now, rt=rt)
         await connection.execute(_SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason})
-    if decision.message_id and not send_now:
+    if decision.message_id and not send_now and decision.status == "queued":
         await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
     TRIGGERS.labels(decision.status).inc()
     log.info("trigger %s → %s (%s)", trigger_id, decision.status, decision.reason)
     return decision
 
 
-async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, claim: bool) -> Decision:
+async def _decide(
+    connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, claim: bool, rt: Runtime | None = None
+) -> Decision:
     npi = trigger["npi"]
     problem = npi_problem(npi)
     if problem:
@@ -188,16 +195,30 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
     address = first_deliverable(book, blocked)
     if address is None:
         return Decision("no_deliverable_email", f"NPI {npi} has no deliverable address")
+    data = trigger["data"] or {}
+    if campaign.require_attachments and not campaign.files and not data.get("attachments"):
+        return Decision("failed", "require_attachments: the campaign has no attachments and the trigger's data.attachments is empty")
+    variant = None
+    if campaign.subjects:
+        winner = await winners_of(rt).winner(connection, campaign) if rt is not None and campaign.ab else None
+        variant = pick_variant(campaign, npi, winner)
     try:
-        rendered = render_campaign(campaign, hcp, trigger["data"] or {})
+        rendered = render_campaign(campaign, hcp, data, variant=variant)
     except TemplateError as exc:
         return Decision("failed", f"template error: {exc}")
+    window = campaign.quiet(config.limits.quiet_hours)
+    until = quiet_until(window, hcp, now) if window is not None else None
     row: dict[str, Any] = {
         "id": new_id("msg"), "trigger_id": trigger["id"], "npi": npi, "campaign_id": campaign.id, "kind": "initial",
         "seq": 0, "to_address": address, "subject": rendered.subject, "html": rendered.html,
         "status": "sending" if claim else "queued", "attempts": 1 if claim else 0, "claimed_at": now if claim else None,
-        "created_at": now,
+        "created_at": now, "campaign_version": campaign.version, "variant": variant,
     }
+    if until is not None:
+        reason = hold_reason(window, hcp, until)  # type: ignore[arg-type]
+        row.update(status="scheduled", attempts=0, claimed_at=None, due_at=until, error=reason)
+        await connection.execute(messages.insert(), row)
+        return Decision("scheduled", reason, row["id"])
     await connection.execute(messages.insert(), row)
     row["source_ref"] = trigger["source_ref"]
     return Decision("queued", f"queued to {address}", row["id"], row if claim else None)

@@ -20,10 +20,15 @@ class Rendered:
 
 
 def render_campaign(
-    campaign: Campaign, hcp: Mapping[str, Any], data: Mapping[str, Any], *, resend: bool = False
+    campaign: Campaign, hcp: Mapping[str, Any], data: Mapping[str, Any], *, resend: bool = False,
+    variant: int | None = None,
 ) -> Rendered:
+    """`variant` picks an A/B subject from `subjects`."""
     context = {"hcp": dict(hcp), "data": dict(data), "campaign": campaign.model_dump(by_alias=True)}
-    subject = _one_line(render(campaign.subject, html=False, **context))
+    source = campaign.subject
+    if variant is not None and campaign.subjects and 0 <= variant < len(campaign.subjects):
+        source = campaign.subjects[variant].text
+    subject = _one_line(render(source, html=False, **context))
     if resend and campaign.resend and campaign.resend.subject:
         subject = _one_line(render(campaign.resend.subject, html=False, subject=subject, **context))
     html = render(campaign.body, html=True, subject=subject, **context)
