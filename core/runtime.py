@@ -33,6 +33,9 @@ class Runtime:
     """Adapters attach their own things here (connectors, metrics) without core naming them."""
 
     async def aclose(self) -> None:
+        attachment_http = self.extras.pop("attachment_http", None)
+        if attachment_http is not None:
+            await attachment_http.aclose()
         await self.mailer.aclose()
         if self.queue.redis is not None:
             await self.queue.redis.aclose()

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
+from core.attachments import gather as gather_attachments
 from core.compose import compose
 from core.db import messages, new_id, triggers
 from core.decisions import pick_address
@@ -84,7 +85,12 @@ async def deliver(rt: Runtime, message: dict[str, Any]) -> str:
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
-    email, mime = compose(rt, message, campaign)
+    files, missing = await gather_attachments(rt, message, campaign)
+    if missing and campaign.require_attachments:
+        return await _finish_failed(rt, message, "require_attachments: " + "; ".join(missing))
+    if missing:
+        log.warning("message %s goes without attachment(s): %s", message["id"], "; ".join(missing))
+    email, mime = compose(rt, message, campaign, files)
     try:
         with SEND_SECONDS.time():
             answer = await rt.mailer.send(mime, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"])

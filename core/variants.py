@@ -178,3 +178,26 @@ async def ab_step(rt: Any) -> int:
         if campaign.ab is not None and await evaluate(rt, campaign, now) is not None:
             decided += 1
     return decided
+
+
+async def ab_view(rt: Any, campaign: Campaign | None) -> dict[str, Any]:
+    """`variants` and `ab` for the campaign stats: figures per subject and the decision."""
+    from core.clock import iso
+
+    if campaign is None or not campaign.subjects:
+        return {}
+    async with rt.db.connect() as connection:
+        figures = await variant_figures(connection, campaign)
+        decision = await decision_of(connection, campaign)
+    view: dict[str, Any] = {
+        "variants": [{**item, "first_sent_at": iso(item["first_sent_at"])} for item in figures],
+    }
+    if campaign.ab is not None:
+        view["ab"] = {
+            "decide_after": campaign.ab.decide_after, "metric": campaign.ab.metric, "confidence": campaign.ab.confidence,
+            "decision": None if decision is None else {
+                "winner": decision["winner"], "subject": campaign.subjects[decision["winner"]].text,
+                "decided_at": iso(decision["decided_at"]), "figures": decision["figures"],
+            },
+        }
+    return view

@@ -13,6 +13,7 @@ from core.campaigns import describe, is_paused, paused_ids, set_paused
 from core.db import messages, triggers
 from core.npi import npi_problem
 from core.triggers import accept_trigger, trigger_view
+from core.variants import ab_view
 from webhooks.common import HTTPProblem, api_key_required, problem, read_json, runtime
 
 
@@ -156,7 +157,9 @@ async def campaign_stats(request: Request) -> Response:
     campaign_id = request.path_params["campaign_id"]
     if rt.config.campaign(campaign_id) is None:
         return problem(404, f"no campaign {campaign_id!r}")
-    return JSONResponse(await campaign_stats_of(rt, campaign_id))
+    stats = await campaign_stats_of(rt, campaign_id)
+    stats.update(await ab_view(rt, rt.config.campaign(campaign_id)))
+    return JSONResponse(stats)
 
 
 async def _set_state(request: Request, paused: bool) -> Response:
