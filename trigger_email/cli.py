@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-config_app = typer.Typer(help="Check the YAML config.", no_args_is_help=True)
+config_app = typer.Typer(help="Check the YAML config; reload it into running processes.", no_args_is_help=True)
 directory_app = typer.Typer(help="The HCP directory.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys for /v1.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Pause and resume campaigns.", no_args_is_help=True)
@@ -117,6 +117,42 @@ def config_check(file: Optional[Path] = typer.Argument(None, help="The config fi
             highlight=False, markup=False, soft_wrap=True,
         )
     for warning in warnings:
+        out.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+
+
+@config_app.command("reload")
+def config_reload(file: Optional[Path] = typer.Argument(None, help="The config file (default: $TRIGGER_EMAIL_CONFIG).")) -> None:
+    """Check the config file and, if valid, make every running serve and worker use it (no
+    restart). A file with errors changes nothing: the problems are printed, exit 1."""
+    import logging as _logging_module
+
+    from core import live_config
+
+    settings = _settings()
+    chosen = str(file) if file else settings.trigger_email_config
+    try:
+        config, text = live_config.checked(chosen)
+    except ConfigError as error:
+        _logging_module.getLogger("trigger_email").error("config reload refused: %s", error)
+        err.print("config reload refused, the running config stays:", highlight=False)
+        _print_config_error(error)
+        raise typer.Exit(1) from None
+
+    async def go() -> int:
+        from core.runtime import build_runtime
+
+        rt = await build_runtime(settings, config=config, connect_redis=True)
+        try:
+            return await live_config.publish(rt, config, text, str(Path(chosen or "").resolve() if chosen else "example"))
+        finally:
+            await rt.aclose()
+
+    load_id = run(go())
+    out.print(f"config reloaded (load {load_id}, sha256 {config.text_hash[:12]}); running processes follow within seconds",
+              highlight=False, soft_wrap=True)
+    for campaign in config.campaigns:
+        out.print(f"  {campaign.id}: version {campaign.version}", highlight=False, markup=False)
+    for warning in config.warnings:
         out.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
 
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.clock import iso
 from core.campaigns import describe, is_paused, paused_ids, set_paused
 from core.db import messages, triggers
 from core.npi import npi_problem
@@ -98,10 +99,23 @@ async def list_campaigns(request: Request) -> Response:
     responses:
       200: {description: "{campaigns: [...]}"}
     """
+    from core.live_config import versions
+
     rt = runtime(request)
+    config = rt.config
     async with rt.db.connect() as connection:
-        paused = await paused_ids(connection, rt.config)
-    return JSONResponse({"campaigns": [describe(c, c.id in paused) for c in rt.config.campaigns]})
+        paused = await paused_ids(connection, config)
+    history = await versions(rt)
+    listed = []
+    for campaign in config.campaigns:
+        view = describe(campaign, campaign.id in paused)
+        mine = history.get(campaign.id, [])
+        current = next((item for item in mine if item["version"] == campaign.version), None)
+        view["version"] = campaign.version
+        view["version_since"] = iso(current["took_effect_at"]) if current else None
+        view["versions"] = [{"version": item["version"], "took_effect_at": iso(item["took_effect_at"])} for item in mine[:20]]
+        listed.append(view)
+    return JSONResponse({"campaigns": listed})
 
 
 async def campaign_stats_of(rt: Any, campaign_id: str) -> dict[str, Any]:
