@@ -22,7 +22,7 @@ from config.durations import parse_duration
 from config.schema import Campaign, Config
 from config.templating import nearest
 
-class _Yaml12Loader(yaml.SafeLoader):
+class _Yaml12Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """YAML 1.2 booleans: only true/false. Under YAML 1.1 the trigger key `on:` would load as
     the boolean True."""
 
@@ -220,6 +220,8 @@ def _resolve_extends(raw: dict[str, Any], problems: list[ConfigProblem]) -> None
                 for key in group:
                     base.pop(key, None)
         base.pop("name", None)
+        if "subjects" not in base and "ab" not in campaign:
+            base.pop("ab", None)  # an A/B test goes with the subjects it tested
         merged = {**base, **campaign}
         resolved[str(campaign.get("id"))] = merged
         return merged

@@ -91,12 +91,17 @@ def strict_environment(html: bool) -> ImmutableSandboxedEnvironment:
     return ImmutableSandboxedEnvironment(autoescape=html, keep_trailing_newline=True, undefined=_StrictSampleUndefined)
 
 
+@lru_cache(maxsize=1024)
+def _strict_template(source: str, html: bool) -> Template:
+    return strict_environment(html).from_string(source)
+
+
 def check_render(source: str, *, html: bool, **context: Any) -> str:
-    """Compile and render `source` strictly against sample values; raises TemplateError."""
-    environment_ = strict_environment(html)
+    """Compile (once per source) and render `source` strictly against sample values;
+    raises TemplateError."""
     names = set(context)
     try:
-        return environment_.from_string(source).render(**context)
+        return _strict_template(source, html).render(**context)
     except UndefinedError as exc:
         text = str(exc)
         match = re.fullmatch(r"'([A-Za-z_][A-Za-z0-9_]*)' is undefined", text)

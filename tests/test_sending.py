@@ -169,3 +169,18 @@ async def test_non_ascii_names_survive_headers_and_bodies(harness: Harness, tmp_
     assert "Zoë Ångström" in email.get_body(("html",)).get_content()
     assert "Zoë Ångström" in email.get_body(("plain",)).get_content()
     assert all(byte < 128 for byte in harness.smtp.raw[0])  # 7-bit clean on the wire
+
+
+async def test_pause_holds_a_retry_and_resume_releases_it(harness: Harness) -> None:
+    harness.smtp.defer["jane.doe@clinic.example"] = 1  # greylisted once: a retry in 30 s
+    result = await harness.send()
+    assert result["messages"][0]["status"] == "queued"
+    await harness.client.post("/v1/campaigns/asthma-launch/pause", headers=harness.auth)
+    await harness.later(minutes=5)
+    held = (await harness.outcome(result["id"]))["messages"][0]
+    assert held["status"] == "queued" and held["attempts"] == 1  # not retried while paused, not cancelled
+    assert harness.smtp.messages == []
+    await harness.client.post("/v1/campaigns/asthma-launch/resume", headers=harness.auth)
+    await harness.later(seconds=1)
+    assert (await harness.outcome(result["id"]))["status"] == "sent"
+    assert len(harness.smtp.messages) == 1

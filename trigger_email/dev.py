@@ -116,9 +116,13 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
             flush=True,
         )
     worker_task = asyncio.create_task(worker.main())
+    from core import live_config
+
+    live_config.start(rt)  # `config reload` and SIGHUP reach dev too
     try:
         await server.serve()
     finally:
+        await live_config.stop(rt)
         worker_task.cancel()
         try:
             await worker_task
