@@ -29,6 +29,8 @@ def validate_trigger(body: Any, config: Any) -> tuple[str, str, dict[str, Any]]:
     campaign_id = body.get("campaign_id")
     if not isinstance(campaign_id, str) or not campaign_id:
         raise HTTPProblem(422, "campaign_id is required (a string)", "campaign_id")
+    if len(campaign_id) > 128:
+        raise HTTPProblem(422, "campaign_id must be at most 128 characters", "campaign_id")
     if config.campaign(campaign_id) is None:
         raise HTTPProblem(422, f"unknown campaign_id {campaign_id!r}", "campaign_id")
     data = body.get("data", {})
@@ -69,8 +71,8 @@ async def create_trigger(request: Request) -> Response:
     body = await read_json(request)
     npi, campaign_id, data = validate_trigger(body, rt.config)
     key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= 200):
-        raise HTTPProblem(422, "Idempotency-Key must be 1 to 200 characters", "Idempotency-Key")
+    if key is not None and not (0 < len(key) <= 200 and key.isprintable()):
+        raise HTTPProblem(422, "Idempotency-Key must be 1 to 200 printable characters", "Idempotency-Key")
     scoped = f"api:{request.state.api_key['id']}:{key}" if key else None
     accepted = await accept_trigger(rt, npi=npi, campaign_id=campaign_id, data=data, source="api", idempotency_key=scoped)
     return JSONResponse({"id": accepted.id, "status": accepted.status}, status_code=202)
@@ -84,7 +86,8 @@ async def get_trigger(request: Request) -> Response:
       200: {description: "{id, npi, campaign_id, status, reason, created_at, decided_at, messages}"}
       404: {description: No such trigger}
     """
-    view = await trigger_view(runtime(request), request.path_params["trigger_id"])
+    trigger_id = request.path_params["trigger_id"]
+    view = await trigger_view(runtime(request), trigger_id) if len(trigger_id) <= 40 else None
     if view is None:
         return problem(404, "no such trigger")
     return JSONResponse(view)
