@@ -53,8 +53,25 @@ def _config(path: str | None = None):  # type: ignore[no-untyped-def]
     except ConfigError as error:
         err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
         for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
+            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _production_settings() -> Settings:
+    """The settings of `serve`, `worker` and `bounces`, or exit 2 naming what is missing: no
+    production process runs on a guessable SECRET_KEY or the shipped example config."""
+    from config.secrets import production_problems
+
+    settings = _settings()
+    problems = production_problems(settings.secret_key, settings.trigger_email_config)
+    if problems:
+        err.print("[red]refusing to start:[/red]", highlight=False)
+        for problem in problems:
+            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+        err.print("  (`trigger-email dev` runs without them, with generated secrets and the example config)",
+                  highlight=False, markup=False)
+        raise typer.Exit(2)
+    return settings
 
 
 async def _runtime(*, redis: bool = False):  # type: ignore[no-untyped-def]
@@ -90,7 +107,10 @@ def _logging(level: str, log_format: str = "text") -> None:
 
 @config_app.command("check")
 def config_check(file: Optional[Path] = typer.Argument(None, help="The config file (default: $TRIGGER_EMAIL_CONFIG or the example).")) -> None:
-    """Validate a config file: every error with its path, exit 1; or a summary, exit 0."""
+    """Validate a config file: every error with its path, exit 1; or a summary, exit 0.
+    Weak secrets (short, or published in this repository) are warned about."""
+    from config.secrets import secret_warnings
+
     config = _config(str(file) if file else None)
     crms = [name for name in ("hubspot", "salesforce", "webhook") if getattr(config.crm, name) is not None]
     out.print(
@@ -101,6 +121,8 @@ def config_check(file: Optional[Path] = typer.Argument(None, help="The config fi
     for campaign in config.campaigns:
         resend = f", resend after {campaign.resend.after} ×{campaign.resend.max}" if campaign.resend else ""
         out.print(f"  {campaign.id} ({campaign.kind}): cooldown {campaign.cooldown}{resend}", highlight=False, markup=False)
+    for warning in secret_warnings(config, secret_key=_settings().secret_key or None):
+        err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
 
 
 @directory_app.command("import")
@@ -305,7 +327,7 @@ def serve(
 
     from webhooks.app import create_app
 
-    settings = _settings()
+    settings = _production_settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
     uvicorn.run(create_app(), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True)
@@ -318,7 +340,7 @@ def worker() -> None:
 
     from workers.settings import WorkerSettings
 
-    settings = _settings()
+    settings = _production_settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
     run_worker(WorkerSettings)  # type: ignore[arg-type]
@@ -332,7 +354,8 @@ def bounces(
     """Receive bounce reports (RFC 3464) and complaints (RFC 5965) over SMTP."""
     from core.bounce_listener import start_bounce_listener
 
-    settings = _settings()
+    settings = _production_settings()
+    _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
 
     async def go() -> None:
@@ -369,7 +392,7 @@ def dev(
     except ConfigError as error:
         err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
         for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
+            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
