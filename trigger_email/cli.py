@@ -155,21 +155,77 @@ def directory_import(file: Path = typer.Argument(..., exists=True, dir_okay=Fals
 
 
 @apikey_app.command("create")
-def apikey_create(name: str = typer.Argument(..., help="Who uses the key, e.g. 'crm-relay'.")) -> None:
+def apikey_create(
+    name: str = typer.Argument(..., help="Who uses the key, e.g. 'crm-relay'."),
+    scope: Optional[list[str]] = typer.Option(
+        None, "--scope", help="triggers:write, read or admin; repeat for several (default: all three)."
+    ),
+) -> None:
     """Create an API key and print it (it is stored hashed and cannot be shown again)."""
-    from core.apikeys import create_key
+    from core.apikeys import create_key, scopes_text
     from core.clock import Clock
     from core.db import Database
+
+    scopes = [part for value in scope or [] for part in value.replace(",", " ").split()] or None
+    try:
+        scopes_text(scopes)
+    except ValueError as exc:
+        err.print(f"--scope: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
 
     async def go() -> str:
         db = Database(_settings().database_url)
         try:
-            return await create_key(db, name, Clock().now())
+            return await create_key(db, name, Clock().now(), scopes)
         finally:
             await db.dispose()
 
     key = run(go())
     print(key)
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """Show every API key: name, prefix, scopes, when it was created, last used, revoked."""
+    from core.apikeys import list_keys
+    from core.db import Database
+
+    async def go() -> list[dict[str, Any]]:
+        db = Database(_settings().database_url)
+        try:
+            return await list_keys(db)
+        finally:
+            await db.dispose()
+
+    def when(value: Any) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
+
+    table = Table("name", "prefix", "scopes", "created", "last used", "revoked")
+    for row in run(go()):
+        table.add_row(row["name"], row["prefix"], row["scopes"], when(row["created_at"]), when(row["last_used_at"]),
+                      when(row["revoked_at"]))
+    out.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(name: str = typer.Argument(..., help="The key's name (every key of that name) or its prefix.")) -> None:
+    """Revoke API keys by name or prefix: they are refused (401) from the next request on."""
+    from core.apikeys import revoke_key
+    from core.clock import Clock
+    from core.db import Database
+
+    async def go() -> int:
+        db = Database(_settings().database_url)
+        try:
+            return await revoke_key(db, name, Clock().now())
+        finally:
+            await db.dispose()
+
+    revoked = run(go())
+    if not revoked:
+        err.print(f"no active API key named {name!r}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    print(f"revoked {revoked} API key(s) {name}")
 
 
 @app.command("trigger")

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from core.campaigns import describe, is_paused, paused_ids, set_paused
 from core.db import messages, triggers
 from core.npi import npi_problem
-from core.triggers import accept_trigger, trigger_view
+from core.triggers import IdempotencyMismatch, accept_trigger, trigger_view
 from webhooks.common import HTTPProblem, api_key_required, problem, read_json, runtime
 
 
@@ -44,7 +44,7 @@ def validate_trigger(body: Any, config: Any) -> tuple[str, str, dict[str, Any]]:
     return npi, campaign_id, data
 
 
-@api_key_required
+@api_key_required(scope="triggers:write")
 async def create_trigger(request: Request) -> Response:
     """
     summary: Trigger a campaign email to one HCP
@@ -64,8 +64,9 @@ async def create_trigger(request: Request) -> Response:
     responses:
       202: {description: "Accepted: {id, status}"}
       401: {description: Missing or wrong API key}
+      403: {description: "The API key lacks the triggers:write scope"}
       413: {description: Body over 64 KiB}
-      422: {description: "Invalid field: {error, field}"}
+      422: {description: "Invalid field, or an Idempotency-Key reused with another body: {error, field}"}
     """
     rt = runtime(request)
     body = await read_json(request)
@@ -74,7 +75,15 @@ async def create_trigger(request: Request) -> Response:
     if key is not None and not (0 < len(key) <= 200 and key.isprintable()):
         raise HTTPProblem(422, "Idempotency-Key must be 1 to 200 printable characters", "Idempotency-Key")
     scoped = f"api:{request.state.api_key['id']}:{key}" if key else None
-    accepted = await accept_trigger(rt, npi=npi, campaign_id=campaign_id, data=data, source="api", idempotency_key=scoped)
+    try:
+        accepted = await accept_trigger(
+            rt, npi=npi, campaign_id=campaign_id, data=data, source="api", idempotency_key=scoped, check_request=True
+        )
+    except IdempotencyMismatch:
+        raise HTTPProblem(
+            422, "Idempotency-Key was already used with a different request body; use a new key for a new request",
+            "Idempotency-Key",
+        ) from None
     return JSONResponse({"id": accepted.id, "status": accepted.status}, status_code=202)
 
 

@@ -122,23 +122,42 @@ async def read_optional_json(request: Request, limit: int = MAX_BODY) -> Any:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def api_key_required(endpoint: Endpoint) -> Endpoint:
-    @wraps(endpoint)
-    async def guarded(request: Request) -> Response:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return problem(401, "missing API key: send 'Authorization: Bearer <key>'", "Authorization")
-        record = await check_key(runtime(request).db, key.strip())
-        if record is None:
-            return problem(401, "unknown or revoked API key", "Authorization")
-        request.state.api_key = record
-        try:
-            return await endpoint(request)
-        except HTTPProblem as exc:
-            return problem(exc.status, exc.reason, exc.field)
+def default_scope(method: str) -> str:
+    """Reading needs `read`; any change needs `admin` unless the route says otherwise."""
+    return "read" if method in ("GET", "HEAD") else "admin"
 
-    return guarded
+
+def api_key_required(endpoint: Endpoint | None = None, *, scope: str | None = None) -> Any:
+    """`@api_key_required` (scope from the method: `read` or `admin`) or
+    `@api_key_required(scope="triggers:write")`. 401 without a valid key, 403 without the scope."""
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            from core.apikeys import has_scope, touch_key
+
+            header = request.headers.get("authorization", "")
+            scheme, _, key = header.partition(" ")
+            if scheme.lower() != "bearer" or not key.strip():
+                return problem(401, "missing API key: send 'Authorization: Bearer <key>'", "Authorization")
+            rt = runtime(request)
+            record = await check_key(rt.db, key.strip())
+            if record is None:
+                return problem(401, "unknown or revoked API key", "Authorization")
+            needed = scope or default_scope(request.method)
+            if not has_scope(record, needed):
+                return problem(403, f"this API key lacks the {needed!r} scope", "Authorization")
+            await touch_key(rt.db, record, rt.clock.now())
+            request.state.api_key = record
+            try:
+                return await endpoint(request)
+            except HTTPProblem as exc:
+                return problem(exc.status, exc.reason, exc.field)
+
+        guarded.required_scope = scope  # type: ignore[attr-defined]
+        return guarded
+
+    return decorate(endpoint) if endpoint is not None else decorate
 
 
 def handles_problems(endpoint: Endpoint) -> Endpoint:
