@@ -59,6 +59,9 @@ class Activity:
     verify: bool = False
     """An earlier call may have written this activity (its answer was lost, it failed with a
     5xx, or its pusher died): the connector looks it up before creating it again."""
+    lease_until: datetime | None = None
+    """When another pusher may take this activity: a connector starts no CRM call for it
+    that could still be running then."""
 
 
 @dataclass

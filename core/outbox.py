@@ -264,6 +264,7 @@ def _activity(row: Mapping[str, Any]) -> Activity:
         subject=row["subject"], message_id=row["message_id"], occurred_at=row["occurred_at"],
         object_type=row["object_type"], object_id=row["object_id"], details=details,
         key=row["dedupe_key"], claim=row["claims"], verify=row["clean_claims"] < row["claims"] - 1,
+        lease_until=row["next_attempt_at"],
     )
 
 

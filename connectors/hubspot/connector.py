@@ -12,7 +12,15 @@ import urllib3
 
 from config import Config, Settings
 from config.schema import HubSpotConfig
-from connectors.base import Connector, ContactInfo, InboundRequest, WebhookRejected, register
+from connectors.base import (
+    Connector,
+    ContactInfo,
+    InboundRequest,
+    WebhookRejected,
+    lease_expired,
+    lease_running_out,
+    register,
+)
 from connectors.hubspot import activities as hs_activities
 from connectors.hubspot.client import (
     DEFAULT_RETRY_AFTER,
@@ -202,6 +210,8 @@ class HubSpotConnector(Connector):
         """Activities an earlier try may have written are looked up first; the rest created."""
         written: dict[int, PushResult] = {}
         doubtful = [activity for activity in call.activities if activity.verify]
+        if lease_running_out(call.activities, self.clock.now()):
+            return lease_expired(call.activities)
         if doubtful:
             try:
                 found = await asyncio.to_thread(self._find_written, call.object_type, doubtful)
@@ -220,6 +230,8 @@ class HubSpotConnector(Connector):
         return [by_id[activity.id] for activity in call.activities]
 
     async def _create_splitting(self, call: hs_activities.BatchCall) -> list[PushResult]:
+        if lease_running_out(call.activities, self.clock.now()):
+            return lease_expired(call.activities)
         body = call.body(self.config.sender.from_, self.hubspot.activity_id_property)
         try:
             status, data = await asyncio.to_thread(self._create_batch, call.object_type, body)

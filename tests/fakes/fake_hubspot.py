@@ -104,6 +104,7 @@ class FakeHubSpot:
     whole_batch_errors: bool = False
     _lost_replies: int = 0
     _hold: threading.Event | None = None
+    _hold_calls: int = 0
     held: threading.Event = field(default_factory=threading.Event)
     """Set when a batch create has written its objects and is being held (see `hold_replies`)."""
     _next_id: int = 9000
@@ -129,11 +130,13 @@ class FakeHubSpot:
         the middle of the answer, as a proxy timeout or a network cut would."""
         self._lost_replies = calls
 
-    def hold_replies(self) -> threading.Event:
-        """Batch creates write their objects, then wait to answer until the returned event is
-        set (a slow network or an overloaded HubSpot); `held` tells when one is waiting."""
+    def hold_replies(self, calls: int = 1) -> threading.Event:
+        """The next `calls` batch creates write their objects, then wait to answer until the
+        returned event is set (a slow network, an overloaded HubSpot); `held` tells when one
+        is waiting."""
         self.held.clear()
         self._hold = threading.Event()
+        self._hold_calls = calls
         return self._hold
 
     def reset(self) -> None:
@@ -253,7 +256,9 @@ class FakeHubSpot:
             lose = self._lost_replies > 0
             if lose:
                 self._lost_replies -= 1
-        hold = self._hold
+        with self._lock:
+            hold = self._hold if self._hold_calls > 0 else None
+            self._hold_calls -= 1 if hold is not None else 0
         if hold is not None:
             self.held.set()
             await asyncio.to_thread(hold.wait, 30)
