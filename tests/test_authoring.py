@@ -357,3 +357,31 @@ def test_z_test_known_values() -> None:
     z, p = z_test(30, 100, 5, 100)
     assert round(z, 2) == 4.65 and p < 0.0001
     assert z_test(10, 100, 10, 100) == (0.0, 1.0)
+
+
+async def test_ab_decided_after_a_duration_only_once_it_has_passed(ab: Harness) -> None:
+    from sqlalchemy import select
+
+    from core.db import messages
+    from core.demo import demo_rows
+    from core.engagement import flush_engagement, record_click
+    from core.variants import evaluate
+
+    h = ab
+    h.rt.config = parse_config(AB_CONFIG.replace("decide_after: 200 sends", "decide_after: 3d"), base=Path("."), env={})
+    campaign = h.rt.config.campaign("launch")
+    assert campaign is not None and campaign.ab is not None and campaign.ab.after == timedelta(days=3)
+    await _trigger_all(h, [row[0] for row in list(demo_rows(261))[1:201]])
+    h.clock.advance(timedelta(minutes=5))
+    async with h.rt.db.connect() as connection:
+        sent = (await connection.execute(select(messages.c.id, messages.c.variant).where(messages.c.kind == "initial"))).all()
+    rng = random.Random(3)
+    for message_id, variant in sent:
+        if rng.random() < CLICK_RATES[variant]:
+            await record_click(h.rt, message_id, 0, "Mozilla/5.0 (Windows NT 10.0)")
+    await flush_engagement(h.rt)
+    h.clock.advance(timedelta(days=2, hours=23))
+    assert await evaluate(h.rt, campaign, h.clock.now()) is None  # clear leader, but not yet time
+    h.clock.advance(timedelta(hours=1))
+    decision = await evaluate(h.rt, campaign, h.clock.now())
+    assert decision is not None and decision["winner"] == 1 and decision["decided_at"] == h.clock.now()
