@@ -107,7 +107,7 @@ async def get_trigger(request: Request) -> Response:
 @api_key_required
 async def list_campaigns(request: Request) -> Response:
     """
-    summary: Campaigns from the config with their live / paused state
+    summary: "Campaigns from the config with their live / paused state, version and when it took effect"
     responses:
       200: {description: "{campaigns: [...]}"}
     """
