@@ -75,12 +75,13 @@ def generate(campaigns: int, rules: int) -> str:
 def main(campaigns: int, rules: int) -> None:
     path = Path(tempfile.mkdtemp()) / "big.yaml"
     path.write_text(generate(campaigns, rules))
-    timings = []
+    timings, cpu = [], []
     for _ in range(5):
         _strict_template.cache_clear()  # each run compiles every template, as a fresh process does
-        start = time.perf_counter()
+        start, started_cpu = time.perf_counter(), time.process_time()
         config = load_config(path, env={})
         timings.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - started_cpu)
     assert len(config.campaigns) == campaigns and len(config.triggers) == rules
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "trigger_email", "config", "check", str(path)],
@@ -89,7 +90,8 @@ def main(campaigns: int, rules: int) -> None:
     command = time.perf_counter() - start
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"config: {campaigns} campaigns, {rules} rules, {path.stat().st_size // 1024} KiB of YAML")
-    print(f"load + check in process: best {min(timings):.3f} s, median {sorted(timings)[2]:.3f} s (target < 2 s)")
+    print(f"load + check in process: best {min(timings):.3f} s, median {sorted(timings)[2]:.3f} s (target < 2 s); "
+          f"CPU best {min(cpu):.3f} s")
     print(f"`trigger-email config check` command, start-up included: {command:.2f} s")
 
 
