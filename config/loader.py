@@ -269,9 +269,20 @@ def _raw_campaign_checks(
         check_attachment_sources(index, campaign, report, warn)
         files[index] = read_attachments(index, campaign, base, limits, report)
     public_url = raw.get("public_url")
-    if isinstance(public_url, str) and public_url.startswith("http://"):
+    if isinstance(public_url, str) and public_url.startswith("http://") and not _loopback(public_url):
+        # A loopback URL is a developer's machine (`trigger-email dev`), not production.
         warn("public_url", "not https: one-click unsubscribe (RFC 8058) needs https in production")
     return files
+
+
+def _loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _resolve_files(config: Config, base: Path, problems: list[ConfigProblem]) -> None:
