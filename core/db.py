@@ -96,6 +96,8 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
+    # space-separated scopes: triggers:write, read, admin (revision 0005)
+    Column("scopes", String(200), nullable=False, server_default="triggers:write read admin"),
 )
 
 campaign_states = Table(
@@ -116,6 +118,8 @@ triggers = Table(
     Column("source", String(32), nullable=False, default="api"),
     Column("source_ref", JSON),
     Column("idempotency_key", String(255), unique=True),
+    # SHA-256 of the request an Idempotency-Key came with (revision 0005)
+    Column("request_hash", String(64)),
     Column("status", String(32), nullable=False),
     Column("reason", Text),
     Column("created_at", UTCDateTime, nullable=False),
