@@ -109,6 +109,11 @@ async def test_over_long_strings_are_refused(harness: Harness) -> None:
         "/v1/triggers", json=TRIGGER, headers={**harness.auth, "Idempotency-Key": "k" * 201}
     )
     assert_refused(long_key, 422)
+    long_data = await harness.client.post(
+        "/v1/triggers", json={**TRIGGER, "data": {"note": "n" * 20_000}}, headers=harness.auth
+    )
+    assert_refused(long_data, 422)
+    assert long_data.json()["field"] == "data.note" and "longer than 10000 characters" in long_data.json()["error"]
     long_reason = await harness.client.post(
         "/v1/suppressions", json={"npi": JANE, "reason": "r" * 33}, headers=harness.auth
     )
