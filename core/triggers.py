@@ -102,6 +102,8 @@ async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
         "data": row["data"],
         "created_at": iso(row["created_at"]),
         "decided_at": iso(row["decided_at"]),
+        "attempts": row["attempts"],
+        "due_at": iso(row["due_at"]) if row["status"] == "pending" else None,
         "messages": [message_view(message) for message in message_rows],
     }
 

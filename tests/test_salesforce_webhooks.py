@@ -518,7 +518,7 @@ async def test_daily_api_budget_is_in_metrics(harness: Harness, fake: FakeSalesf
 async def test_openapi_describes_both_routes(harness: Harness) -> None:
     paths = (await harness.client.get("/openapi.json")).json()["paths"]
     outbound, events = paths["/webhooks/salesforce/outbound"]["post"], paths["/webhooks/salesforce/events"]["post"]
-    assert sorted(outbound["responses"]) == ["200", "400", "403", "415", "500"]
+    assert sorted(outbound["responses"]) == ["200", "400", "403", "415", "500", "503"]
     assert sorted(events["responses"]) == ["200", "400", "401", "415", "503"]
     for response in [*outbound["responses"].values(), *events["responses"].values()]:
         assert list(response) == ["description"], response
