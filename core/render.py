@@ -11,6 +11,7 @@ from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, Tag
 
 from config import Campaign
 from config.templating import render
+from core.names import decode_encoded_words
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ def render_campaign(
     variant: int | None = None,
 ) -> Rendered:
     """`variant` picks an A/B subject from `subjects`."""
-    context = {"hcp": dict(hcp), "data": dict(data), "campaign": campaign.model_dump(by_alias=True)}
+    people = {key: decode_encoded_words(value) if isinstance(value, str) and "=?" in value else value
+              for key, value in hcp.items()}
+    context = {"hcp": people, "data": dict(data), "campaign": campaign.model_dump(by_alias=True)}
     source = campaign.subject
     if variant is not None and campaign.subjects and 0 <= variant < len(campaign.subjects):
         source = campaign.subjects[variant].text
