@@ -112,11 +112,14 @@ async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
 
 
 async def read_optional_json(request: Request, limit: int = MAX_BODY) -> Any:
-    """The JSON body, or None when the request has none."""
+    """The JSON body, or None when the request has none (a body of `null` is refused)."""
     raw = await read_body(request, limit)
     if not raw.strip():
         return None
-    return parse_json(raw)
+    value = parse_json(raw)
+    if value is None:
+        raise HTTPProblem(422, "body must be a JSON object, or no body at all", "body")
+    return value
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
