@@ -235,7 +235,22 @@ outbox = Table(
     Column("last_error", Text),
     Column("pushed_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("claims", Integer, nullable=False, default=0, server_default="0"),
+    # How many times a pusher took the row for a CRM call. `clean_claims` counts those known
+    # to have written nothing (refused, rate-limited); a row with fewer clean claims than
+    # earlier claims may already be on the CRM timeline, and is looked up before re-creating.
+    Column("clean_claims", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+crm_pauses = Table(
+    "crm_pauses",
+    metadata,
+    # A CRM that answered 429 / Retry-After: no pusher of any worker calls it before `until`.
+    Column("crm", String(32), primary_key=True),
+    Column("until", UTCDateTime, nullable=False),
+    Column("reason", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 rule_firings = Table(

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from core.clock import iso
 from core.directory import email_problem
 from core.npi import npi_problem
-from core.outbox import list_outbox, outbox_counts, retry_dead
+from core.outbox import list_outbox, outbox_counts, paused_until, retry_dead
 from core.suppression import add_suppression, list_suppressions, remove_suppressions
 from webhooks.common import HTTPProblem, api_key_required, read_optional_json, runtime
 
@@ -104,7 +104,7 @@ async def outbox(request: Request) -> Response:
     """
     summary: CRM activity outbox rows, newest first (?status=pending|pushed|dead, ?limit=1..1000, default 100)
     responses:
-      200: {description: "{counts, items}"}
+      200: {description: "{counts, items, paused}: paused maps a CRM that asked to wait (429 / Retry-After) to the time pushes resume"}
     """
     rt = runtime(request)
     status = request.query_params.get("status")
@@ -114,7 +114,8 @@ async def outbox(request: Request) -> Response:
     if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
         raise HTTPProblem(422, "limit must be a number from 1 to 1000", "limit")
     rows = await list_outbox(rt, status=status, limit=int(limit))
-    return JSONResponse({"counts": await outbox_counts(rt), "items": [_json(row) for row in rows]})
+    paused = {crm: iso(until) for crm, until in (await paused_until(rt)).items()}
+    return JSONResponse({"counts": await outbox_counts(rt), "items": [_json(row) for row in rows], "paused": paused})
 
 
 @api_key_required
