@@ -518,10 +518,14 @@ async def test_daily_api_budget_is_in_metrics(harness: Harness, fake: FakeSalesf
 async def test_openapi_describes_both_routes(harness: Harness) -> None:
     paths = (await harness.client.get("/openapi.json")).json()["paths"]
     outbound, events = paths["/webhooks/salesforce/outbound"]["post"], paths["/webhooks/salesforce/events"]["post"]
-    assert sorted(outbound["responses"]) == ["200", "400", "403", "415", "500"]
-    assert sorted(events["responses"]) == ["200", "400", "401", "415", "503"]
-    for response in [*outbound["responses"].values(), *events["responses"].values()]:
-        assert list(response) == ["description"], response
+    assert sorted(outbound["responses"]) == ["200", "400", "403", "413", "415", "500", "503"]
+    assert sorted(events["responses"]) == ["200", "400", "401", "413", "415", "503"]
+    for code, response in outbound["responses"].items():
+        if code != "200":
+            assert list(response["content"]) == ["text/xml"], (code, response)  # SOAP faults
+    for code, response in events["responses"].items():
+        if code != "200":
+            assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
 async def test_crm_fields_that_cannot_be_stored_are_dropped_with_a_note(harness: Harness, fake: FakeSalesforce) -> None:

@@ -187,11 +187,22 @@ def unavailable_exception_types() -> tuple[type[BaseException], ...]:
     return (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 
 
+_UNAVAILABLE_WORDS = (
+    "connect", "locked", "unable to open", "terminat", "shutdown", "shutting down", "timeout", "timed out",
+    "i/o error", "starting up", "too many clients", "closed",
+)
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    from sqlalchemy.exc import DBAPIError
+    """True when `exc` means the database or Redis does not answer now (retry later), false
+    for a bug (a missing table, a bad statement), which stays a 500 with its traceback."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig if exc.orig is not None else exc).lower()
+        return any(word in text for word in _UNAVAILABLE_WORDS)
     return isinstance(exc, unavailable_exception_types())
 
 
@@ -206,6 +217,9 @@ def unavailable() -> JSONResponse:
 
 async def unavailable_handler(request: Request, exc: Exception) -> Response:
     import logging
+
+    if not is_unavailable(exc):
+        raise exc
 
     logging.getLogger("trigger_email.http").warning(
         "%s %s: dependency unavailable (%s)", request.method, request.url.path, type(exc).__name__
