@@ -179,6 +179,7 @@ async def campaign_stats_of(rt: Any, campaign_id: str) -> dict[str, Any]:
 async def campaign_stats(request: Request) -> Response:
     """
     summary: Outcomes, deliveries and engagement of one campaign
+    description: "With A/B subjects also `variants` (sent, human opens, clicks and rates per subject) and `ab` (the test and its decision: winner, figures, time)."
     responses:
       200: {description: Counts and rates}
       404: {description: No such campaign}
@@ -206,7 +207,7 @@ async def _set_state(request: Request, paused: bool) -> Response:
 @api_key_required
 async def pause_campaign(request: Request) -> Response:
     """
-    summary: Pause a campaign; its triggers end as campaign_paused and its resends are held back
+    summary: "Pause a campaign: its triggers end as campaign_paused; its resends and retries wait until resume"
     responses:
       200: {description: The campaign}
       404: {description: No such campaign}
