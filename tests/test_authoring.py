@@ -385,3 +385,18 @@ async def test_ab_decided_after_a_duration_only_once_it_has_passed(ab: Harness) 
     h.clock.advance(timedelta(hours=1))
     decision = await evaluate(h.rt, campaign, h.clock.now())
     assert decision is not None and decision["winner"] == 1 and decision["decided_at"] == h.clock.now()
+
+
+async def test_directory_timezone_column_is_checked_on_import(h: Harness, tmp_path: Path) -> None:
+    from core.directory import get_hcp, import_csv
+
+    path = tmp_path / "zones.csv"
+    path.write_text(
+        "npi,first_name,last_name,credential,specialty,state,email,timezone\n"
+        f"{OMAR},Omar,Haddad,MD,Cardiovascular Disease,CA,omar.haddad@heart.example,America/Phoenix\n"
+        f"{JANE},Jane,Doe,MD,Pulmonary Disease,NJ,jane.doe@clinic.example,Mars/Olympus\n"
+    )
+    report = await import_csv(h.rt.db, path, now=h.clock.now())
+    assert report.skipped == [(3, "timezone must be an IANA zone like America/New_York, got 'Mars/Olympus'")]
+    async with h.rt.db.connect() as connection:
+        assert (await get_hcp(connection, OMAR))["timezone"] == "America/Phoenix"  # type: ignore[index]
