@@ -121,7 +121,8 @@ def check_templates(index: int, campaign: dict[str, Any], rules: list[tuple[int,
     subjects: list[tuple[str, str]] = []
     if isinstance(campaign.get("subject"), str):
         subjects.append(("subject", campaign["subject"]))
-    for position, variant in enumerate(campaign.get("subjects") or [] if isinstance(campaign.get("subjects"), list) else []):
+    variants = campaign.get("subjects") if isinstance(campaign.get("subjects"), list) else []
+    for position, variant in enumerate(variants):
         if isinstance(variant, dict) and isinstance(variant.get("text"), str):
             subjects.append((f"subjects[{position}].text", variant["text"]))
     body_field = "template" if isinstance(campaign.get("template"), str) else "html"
