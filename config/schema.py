@@ -61,6 +61,26 @@ class Limits(Strict):
     per_hcp: PerHcpLimit | None = None
 
 
+class Bounces(Strict):
+    """What bounces do to addresses, emails and receiving domains (docs/deliverability.md)."""
+
+    reroute_within: Duration = timedelta(days=3)
+    """A hard bounce this soon after sending sends the same email to the HCP's next address."""
+    soft_limit: int = Field(default=3, ge=1)
+    soft_window: Duration = timedelta(days=7)
+    """`soft_limit` soft bounces (of different emails) within `soft_window` make the address hard-bounced."""
+    block_retries: int = Field(default=3, ge=0)
+    """How often an email refused by a block is retried (with backoff) before it fails."""
+    block_retry_after: Duration = timedelta(hours=1)
+    """The first retry after a block; doubled for each further one."""
+    block_throttle: Duration = timedelta(minutes=15)
+    """How long a receiving domain is slowed after a block."""
+    block_pause_threshold: int = Field(default=5, ge=1)
+    block_window: Duration = timedelta(hours=1)
+    """`block_pause_threshold` blocks from one domain within `block_window` pause sending to it."""
+    block_pause: Duration = timedelta(hours=2)
+
+
 class Unsubscribe(Strict):
     scope: Literal["all", "campaign"] = "all"
 
@@ -178,6 +198,7 @@ class Config(Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     limits: Limits = Field(default_factory=Limits)
     unsubscribe: Unsubscribe = Field(default_factory=Unsubscribe)
+    bounces: Bounces = Field(default_factory=Bounces)
     crm: CRMConfig = Field(default_factory=CRMConfig)
     campaigns: list[Campaign] = Field(default_factory=list)
     triggers: list[TriggerRule] = Field(default_factory=list)

@@ -1,0 +1,187 @@
+"""Receiving domains: the unit a receiver judges us by.
+
+A `block` (the receiver refuses *us*: IP or domain reputation, authentication, content,
+rate) says nothing about the HCP's address, so it never marks it; it says the receiving
+system wants less of us for a while. Each block throttles that receiving domain for
+`bounces.block_throttle`; `bounces.block_pause_threshold` blocks within
+`bounces.block_window` pause it for `bounces.block_pause` and raise an alert (a warning log
+line, the `trigger_email_domain_alerts_total` metric, and the deliverability view).
+
+Domains are grouped by mail provider where the address domain says which one it is
+(`gmail.com` and `googlemail.com` are one Gmail; `outlook.com`, `hotmail.com`, `live.com`
+are one Microsoft): a block from Outlook is about all of Microsoft's consumer domains.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.db import engagement_events, messages, receiving_domains, upsert
+from core.metrics import DOMAIN_ALERTS, DOMAIN_BLOCKS
+from core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PROVIDERS: dict[str, str] = {
+    **dict.fromkeys(["gmail.com", "googlemail.com"], "gmail"),
+    **dict.fromkeys(
+        ["outlook.com", "hotmail.com", "live.com", "msn.com", "hotmail.co.uk", "outlook.fr", "live.co.uk", "passport.com"],
+        "microsoft",
+    ),
+    **dict.fromkeys(["yahoo.com", "ymail.com", "rocketmail.com", "aol.com", "yahoo.co.uk", "verizon.net", "aim.com"], "yahoo"),
+    **dict.fromkeys(["icloud.com", "me.com", "mac.com"], "apple"),
+}
+"""Consumer domains of the big mailbox providers. A practice's own domain hosted by Google
+Workspace or Microsoft 365 is its own group: its admins set their own policies."""
+
+
+def domain_of(address: str | None) -> str | None:
+    if not address or "@" not in address:
+        return None
+    return address.rpartition("@")[2].strip().lower().rstrip(".") or None
+
+
+def group_of(address_or_domain: str | None) -> str | None:
+    """The throttling group of an address or domain: the provider name, else the domain."""
+    if not address_or_domain:
+        return None
+    domain = domain_of(address_or_domain) if "@" in address_or_domain else address_or_domain.lower()
+    return PROVIDERS.get(domain or "", domain)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why sending to a domain waits, and until when."""
+
+    group: str
+    until: datetime
+    state: str
+    """`throttled` or `paused`."""
+    reason: str
+
+
+async def record_block(rt: Runtime, connection: AsyncConnection, address: str, reason: str, detail: str, now: datetime) -> Hold | None:
+    """Count one block from the domain of `address`; throttle it, and pause it (with an
+    alert) when the blocks within the window reach the threshold."""
+    group = group_of(address)
+    if group is None:
+        return None
+    settings = rt.config.bounces
+    row = (
+        await connection.execute(select(receiving_domains).where(receiving_domains.c.domain == group))
+    ).mappings().first()
+    fresh = row is None or row["window_started_at"] is None or now - row["window_started_at"] > settings.block_window
+    blocks = 1 if fresh else row["blocks"] + 1  # type: ignore[index]
+    window_start = now if fresh else row["window_started_at"]  # type: ignore[index]
+    throttled_until = now + settings.block_throttle
+    paused_until = row["paused_until"] if row is not None else None
+    why = f"{reason}: {detail}"[:500]
+    alert = blocks >= settings.block_pause_threshold and (paused_until is None or paused_until <= now)
+    if blocks >= settings.block_pause_threshold:
+        paused_until = max(paused_until or now, now + settings.block_pause)
+        why = f"{blocks} blocks in {_span(settings.block_window)}; last {why}"[:500]
+    await connection.execute(
+        upsert(
+            connection, receiving_domains, conflict=["domain"],
+            update=["blocks", "window_started_at", "throttled_until", "paused_until", "reason", "updated_at"],
+        ),
+        [{
+            "domain": group, "blocks": blocks, "window_started_at": window_start, "throttled_until": throttled_until,
+            "paused_until": paused_until, "reason": why, "updated_at": now,
+        }],
+    )
+    DOMAIN_BLOCKS.labels(group, reason).inc()
+    if alert:
+        DOMAIN_ALERTS.labels(group).inc()
+        log.warning("deliverability alert: sending to %s paused until %s (%s)", group, paused_until.isoformat(), why)
+    if paused_until is not None and paused_until > now:
+        return Hold(group, paused_until, "paused", why)
+    return Hold(group, throttled_until, "throttled", why)
+
+
+async def hold_for(connection: AsyncConnection, address: str | None, now: datetime) -> Hold | None:
+    """The pause on the domain of `address`, if one is running; None otherwise.
+
+    A throttle alone does not hold an email: it spaces the retries of blocked emails (their
+    backoff) and is shown in the view; a pause holds every email to that domain."""
+    group = group_of(address)
+    if group is None:
+        return None
+    row = (
+        await connection.execute(select(receiving_domains).where(receiving_domains.c.domain == group))
+    ).mappings().first()
+    if row is None or row["paused_until"] is None or row["paused_until"] <= now:
+        return None
+    return Hold(group, row["paused_until"], "paused", row["reason"] or "")
+
+
+def _span(duration: Any) -> str:
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+_EVENT_KINDS = {"hard_bounce": "hard", "soft_bounce": "soft", "block": "block", "complaint": "complaints"}
+
+
+async def deliverability(rt: Runtime, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Per receiving domain group, between `start` and `end`: emails sent and delivered
+    (sent and not bounced), hard and soft bounces, blocks, complaints, and the throttle or
+    pause running now with its reason."""
+    now = rt.clock.now()
+    figures: dict[str, dict[str, Any]] = {}
+
+    def entry(group: str) -> dict[str, Any]:
+        return figures.setdefault(group, {
+            "domain": group, "sent": 0, "delivered": 0, "hard": 0, "soft": 0, "block": 0, "complaints": 0,
+            "state": "ok", "until": None, "reason": None,
+        })
+
+    async with rt.db.connect() as connection:
+        sent_rows = await connection.execute(
+            select(
+                messages.c.to_address,
+                func.count(),
+                func.sum(case((messages.c.bounced_at.is_(None), 1), else_=0)),
+            )
+            .where(messages.c.sent_at >= start, messages.c.sent_at < end, messages.c.to_address.is_not(None))
+            .group_by(messages.c.to_address)
+        )
+        for address, sent, delivered in sent_rows.all():
+            group = group_of(address)
+            if group:
+                entry(group)["sent"] += sent
+                entry(group)["delivered"] += int(delivered or 0)
+        event_rows = await connection.execute(
+            select(engagement_events.c.address, engagement_events.c.kind, func.count())
+            .where(
+                engagement_events.c.kind.in_(list(_EVENT_KINDS)),
+                engagement_events.c.occurred_at >= start, engagement_events.c.occurred_at < end,
+            )
+            .group_by(engagement_events.c.address, engagement_events.c.kind)
+        )
+        for address, kind, count in event_rows.all():
+            group = group_of(address)
+            if group:
+                entry(group)[_EVENT_KINDS[kind]] += count
+        holds = await connection.execute(
+            select(receiving_domains).where(
+                or_(receiving_domains.c.paused_until > now, receiving_domains.c.throttled_until > now,
+                    and_(receiving_domains.c.updated_at >= start, receiving_domains.c.updated_at < end))
+            )
+        )
+        for row in holds.mappings().all():
+            item = entry(row["domain"])
+            if row["paused_until"] is not None and row["paused_until"] > now:
+                item.update(state="paused", until=row["paused_until"], reason=row["reason"])
+            elif row["throttled_until"] is not None and row["throttled_until"] > now:
+                item.update(state="throttled", until=row["throttled_until"], reason=row["reason"])
+    return sorted(figures.values(), key=lambda item: (-item["sent"], item["domain"]))
