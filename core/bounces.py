@@ -682,9 +682,7 @@ def _fallback_reports(message: Message, raw: bytes, original: _Fields | None, re
     if verdict.reason == "undefined" or diagnostic is None:
         found = text_match(failure_text)
         if found:
-            reason_text = " ".join(failure_text.split())
-            start = max(0, reason_text.rfind(". ", 0, found[1].start()) + 2) if ". " in reason_text[: found[1].start()] else 0
-            snippet = reason_text[max(start, found[1].start() - 160) : found[1].end() + 120]
+            snippet = _line_with(failure_text, found[1].group(0))
             verdict = classify(status=verdict.status, code=verdict.code, diagnostic=snippet, action=action, reporter=reporter)
             diagnostic = diagnostic or snippet.strip()
 
@@ -729,6 +727,26 @@ def _section_report(
 
 
 _STATUS_LINE = re.compile(r"(?<![\w.])(?:[45]\d\d[ -])?[45]\.\d{1,3}\.\d{1,3}(?!\.?\d)|(?<![\w.\[])[45][0-5]\d(?=[ -][A-Za-z<])")
+
+
+def _line_with(text: str, words: str) -> str:
+    """The explanation line(s) where the classifier found its reason: the line holding
+    `words` (or the lines it spans), with the line before when that one is an address."""
+    lines = [line.strip() for line in text.splitlines()]
+    first = words.split()[0].lower() if words.split() else words.lower()
+    for index, line in enumerate(lines):
+        if first in line.lower():
+            picked = [line]
+            extra = index + 1
+            while len(" ".join(picked)) < len(words) + len(line) and extra < len(lines):
+                picked.append(lines[extra])
+                extra += 1
+            if index > 0 and _ADDRESS.search(lines[index - 1]) and len(lines[index - 1]) < 120:
+                picked.insert(0, lines[index - 1])
+            joined = _unfold(" ".join(picked))
+            if words.lower().split()[-1] in joined.lower():
+                return joined[:300]
+    return _unfold(text)[:300]
 
 
 def _failure_line(text: str, status_match: re.Match[str] | None) -> str | None:

@@ -28,7 +28,7 @@ from config import parse_duration
 from core.db import UTCDateTime, engagement_events, insert_ignore, messages, rule_firings, triggers
 from core.decisions import pick_address
 from core.directory import mark_address
-from core.domains import record_block
+from core.domains import paused_domains, record_block
 from core.metrics import BOUNCES, TRACKING
 from core.queue import SEND_MESSAGE
 from core.outbox import Fact, record_activities, record_activity
@@ -453,6 +453,8 @@ async def record_bounce(
         else:
             result, requeued = await _hard_bounce(rt, connection, message, detail, now)
     BOUNCES.labels(kind, reason).inc()
+    if kind == "block":
+        paused_domains(rt).forget()
     TRACKING.labels("complaint" if kind == "complaint" else "bounce").inc()
     if requeued is not None:
         await rt.queue.enqueue(SEND_MESSAGE, requeued, job_id=f"send:{requeued}:bounce:{int(now.timestamp())}")
@@ -606,7 +608,7 @@ async def _block(
         due = hold.until
     await connection.execute(
         update(messages).where(messages.c.id == message["id"], messages.c.status == "sent").values(
-            status="queued", due_at=due, sent_at=None, error=f"blocked ({reason}): {detail}"[:1000]
+            status="queued", due_at=due, error=f"blocked ({reason}): {detail}"[:1000]
         )
     )
     return outcome + f"; retry at {due.isoformat()}", None

@@ -19,6 +19,7 @@ from core.compose import compose
 from core.db import messages, new_id, triggers
 from core.decisions import pick_address
 from core.directory import mark_address
+from core.domains import Hold, paused_domains
 from core.mailer import DeliveryError
 from core.outbox import record_activity
 from core.metrics import MESSAGES, SEND_SECONDS
@@ -84,6 +85,9 @@ async def deliver(rt: Runtime, message: dict[str, Any]) -> str:
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
+    hold = await paused_domains(rt).hold(rt, message["to_address"], rt.clock.now())
+    if hold is not None:
+        return await _held(rt, message, hold)
     email, mime = compose(rt, message, campaign)
     try:
         with SEND_SECONDS.time():
@@ -146,6 +150,20 @@ async def _delivery_failed(rt: Runtime, message: dict[str, Any], campaign: Campa
         log.info("message %s: temporary failure (%s), retry at %s", message["id"], error, due.isoformat())
         return "queued"
     return await _finish_failed(rt, message, f"after {message['attempts']} attempt(s): {error}")
+
+
+async def _held(rt: Runtime, message: dict[str, Any], hold: Hold) -> str:
+    """Sending to the receiving domain is paused after repeated blocks: the email waits
+    until the pause ends, without spending an attempt."""
+    async with rt.db.begin() as connection:
+        await connection.execute(
+            update(messages)
+            .where(messages.c.id == message["id"], messages.c.status == "sending")
+            .values(status="queued", due_at=hold.until, attempts=messages.c.attempts - 1,
+                    error=f"{hold.group} paused until {hold.until.isoformat()}: {hold.reason}"[:1000])
+        )
+    log.info("message %s waits: %s paused until %s", message["id"], hold.group, hold.until.isoformat())
+    return "queued"
 
 
 async def _finish_failed(
