@@ -48,6 +48,8 @@ VERP_PREFIX = "bounce+"
 TOKEN_HEADER = "X-Trigger-Email-Token"
 
 log = logging.getLogger(__name__)
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
+"""Its detectors log (and raise) on odd input; `_flufl_failures` catches, so the log is noise."""
 
 _Fields = dict[str, str]
 """One block of `Name: value` fields (lower-case names, unfolded values, first value wins)."""
