@@ -53,7 +53,17 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
             await flush_engagement(built)
             await built.aclose()
 
-    app = Starlette(routes=all_routes(dev_routes=dev_routes), lifespan=lifespan)
+    from starlette.middleware import Middleware
+
+    from webhooks.common import RefuseHostileUrls, redact_access_log, unavailable_exception_types, unavailable_handler
+
+    redact_access_log()
+    app = Starlette(
+        routes=all_routes(dev_routes=dev_routes),
+        lifespan=lifespan,
+        middleware=[Middleware(RefuseHostileUrls)],
+        exception_handlers={kind: unavailable_handler for kind in unavailable_exception_types()},
+    )
     if rt is not None:
         app.state.runtime = rt
     return app
