@@ -188,6 +188,7 @@ def parse_reports(raw: bytes, *, envelope_to: list[str] | None = None) -> list[B
         reports = (
             _dsn_reports(message, reporter)
             or _arf_reports(message, original)
+            or _jmrp_reports(message)
             or _embedded_dsn_reports(message, reporter)
             or _fallback_reports(message, raw, original, reporter)
         )
@@ -565,6 +566,23 @@ def _arf_reports(message: Message, original: _Fields | None) -> list[BounceRepor
             BounceReport(kind=kind, reason=reason, recipient=recipient, feedback_type=feedback_type)  # type: ignore[arg-type]
             for recipient in _unique(recipients or [None])
         ]
+    return []
+
+
+def _jmrp_reports(message: Message) -> list[BounceReport]:
+    """Microsoft's feedback loop (JMRP) before it adopted ARF: the reported email attached
+    as message/rfc822 with the complaining recipient in `X-HmXmrOriginalRecipient`."""
+    for part in _report_parts(message):
+        if part.get_content_type() not in _ORIGINAL_MESSAGE_TYPES:
+            continue
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if not isinstance(inner, Message):
+            continue
+        fields = _fields(inner.raw_items())
+        recipient = _address(fields.get("x-hmxmroriginalrecipient"))
+        if recipient:
+            return [BounceReport(kind="complaint", reason="feedback", recipient=recipient, feedback_type="abuse")]
     return []
 
 

@@ -175,7 +175,7 @@ _TEXT_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"spamhaus", r"spamcop", r"\bbarracuda", r"\bsorbs\b", r"\brbl\b", r"\bdnsbl\b", r"\bsurbl\b",
         r"\bs3150\b", r"\bs3140\b", r"\bAUP#", r"\bpoor reputation", r"ip reputation", r"sender reputation",
         r"\b(?:ip|host|client|network)\b.{0,40}\b(?<!not )(?:listed|reputation)\b", r"(?<!not )\blisted (?:at|on|by)\b",
-        r"not accepting (?:e-?)?mail from", r"(?<!not )listed in (?:the )?(?:rbl|dnsbl|spam|black|block)",
+        r"not accepting (?:e-?)?mail from", r"(?:host|network|ip|client) (?:network )?not allowed", r"(?<!not )listed in (?:the )?(?:rbl|dnsbl|spam|black|block)",
         r"refused to talk to me", r"access denied,? (?:banned|blocked)", r"\bCON:B1\b",
         r"not allowed to send", r"your (?:ip|server|host)", r"sending (?:ip|host|server)",
         r"messages from \[?\d", r"\bIPTS0",
@@ -370,6 +370,10 @@ def _decide(by_reporter: str | None, by_status: str | None, status: str | None, 
         if by_status in _ADDRESS_GONE and by_text in _REFUSES_US:
             return by_text
         if by_status in _ADDRESS_GONE and status.startswith("4") and by_text:
+            return by_text
+        if by_text and kind_of(by_status) == "block" and kind_of(by_text) == "block":
+            # Both say the receiver refuses us; the words say which way (Yahoo sends
+            # policy rejections as 5.7.9, "authentication too weak" in RFC 4954).
             return by_text
         if by_status == "mailer_error" and by_text:
             return by_text

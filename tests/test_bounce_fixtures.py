@@ -350,3 +350,43 @@ def test_autoreply_spanish() -> None:
 def test_person_reply_not_a_bounce() -> None:
     expect("person_reply_not_a_bounce.eml", kind="not_a_bounce", reason="not_a_bounce",
            recipients=[])
+
+
+def test_dragonfly_dmarc_rejected() -> None:
+    expect("dragonfly_dmarc_rejected.eml", kind="block", reason="auth_failure",
+           recipients=["pseudo-local-part@google.example.com"])
+
+
+def test_apple_recipient_no_longer_on_server() -> None:
+    expect("apple_recipient_no_longer_on_server.eml", kind="hard", reason="has_moved",
+           recipients=["kijitora@example.jp"])
+
+
+def test_mimecast_host_network_not_allowed() -> None:
+    expect("mimecast_host_network_not_allowed.eml", kind="block", reason="blocked",
+           recipients=["sabatora@example.com"])
+
+
+def test_yahoo_policy_reasons() -> None:
+    expect("yahoo_policy_reasons.eml", kind="block", reason="policy",
+           recipients=["kijitora@aol.example.jp"])
+
+
+def test_docomo_unknown_user() -> None:
+    expect("docomo_unknown_user.eml", kind="hard", reason="user_unknown",
+           recipients=["azumakuniyuki@ntt.docomo.example.ne.jp"])
+
+
+def test_hotmail_jmrp_complaint() -> None:
+    expect("hotmail_jmrp_complaint.eml", kind="complaint", reason="feedback",
+           recipients=["kijitora@example.com"])
+
+
+def test_exchange2007_recipient_not_found() -> None:
+    expect("exchange2007_recipient_not_found.eml", kind="hard", reason="user_unknown",
+           recipients=["mikeneko@example.co.jp"])
+
+
+def test_amazonses_spectrum_sender_rejected() -> None:
+    expect("amazonses_spectrum_sender_rejected.eml", kind="block", reason="blocked",
+           recipients=["theusername@charter.net"])
