@@ -14,6 +14,8 @@ are one Microsoft): a block from Outlook is about all of Microsoft's consumer do
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -219,4 +221,75 @@ def paused_domains(rt: Runtime) -> PausedDomains:
     held = rt.extras.get("paused_domains")
     if held is None:
         held = rt.extras["paused_domains"] = PausedDomains()
+    return held
+
+
+class DomainLimiter:
+    """Per worker, per receiving domain group: at most `concurrency` SMTP transactions at
+    once and `rate` emails a second (a token bucket), from `delivery` in the config. A rate
+    answer (421, 4.7.x `rate_limited`) halves that group's rate for `delivery.slow_down`:
+    the whole domain slows, not only the message that got the answer.
+
+    In-process by design: the limits are per worker (N workers send N times the rate), the
+    way receivers count connections and the way a pool of kept-open connections works."""
+
+    def __init__(self, delivery: Any, *, clock: Any = None):
+        import time
+
+        self.delivery = delivery
+        self._clock = clock or time.monotonic
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tokens: dict[str, tuple[float, float]] = {}
+        self._slowed: dict[str, tuple[float, float]] = {}
+        """group -> (factor, until)"""
+
+    def limit(self, group: str) -> Any:
+        return self.delivery.providers.get(group, self.delivery.per_domain)
+
+    def rate(self, group: str) -> float:
+        base = float(self.limit(group).rate)
+        factor, until = self._slowed.get(group, (1.0, 0.0))
+        if until <= self._clock():
+            return base
+        return max(base * factor, 1 / 60)
+
+    def slow_down(self, group: str) -> float:
+        """A rate answer from `group`: halve its rate (again, if already slowed)."""
+        factor, until = self._slowed.get(group, (1.0, 0.0))
+        now = self._clock()
+        factor = factor / 2 if until > now else 0.5
+        self._slowed[group] = (factor, now + self.delivery.slow_down.total_seconds())
+        log.info("receiving domain %s answered with a rate limit: %.3g emails/s for %s", group, self.rate(group), self.delivery.slow_down)
+        return self.rate(group)
+
+    def wait_for(self, group: str) -> float:
+        """Seconds until `group` may take one more email (0: now), taking the token if so."""
+        rate = self.rate(group)
+        now = self._clock()
+        burst = max(1.0, rate)
+        tokens, then = self._tokens.get(group, (burst, now))
+        tokens = min(burst, tokens + (now - then) * rate)
+        if tokens >= 1.0:
+            self._tokens[group] = (tokens - 1.0, now)
+            return 0.0
+        self._tokens[group] = (tokens, now)
+        return (1.0 - tokens) / rate
+
+    @contextlib.asynccontextmanager
+    async def slot(self, address: str | None) -> Any:
+        """Hold one of the group's transaction slots and one of its rate tokens."""
+        group = group_of(address) or ""
+        semaphore = self._slots.get(group)
+        if semaphore is None:
+            semaphore = self._slots[group] = asyncio.Semaphore(self.limit(group).concurrency)
+        async with semaphore:
+            while (delay := self.wait_for(group)) > 0:
+                await asyncio.sleep(delay)
+            yield group
+
+
+def limiter_of(rt: Runtime) -> DomainLimiter:
+    held = rt.extras.get("domain_limiter")
+    if held is None or held.delivery is not rt.config.delivery:
+        held = rt.extras["domain_limiter"] = DomainLimiter(rt.config.delivery)
     return held
