@@ -24,7 +24,7 @@ import yaml
 from sqlalchemy import func, select, text
 
 from connectors.salesforce import sign_event
-from core.db import inbound_events
+from core.db import inbound_events, triggers
 from core.npi import make_npi
 from core.outbox import push_outbox
 from tests.fakes.fake_salesforce import FakeSalesforce, fake, fake_server  # noqa: F401  (fixtures)
@@ -522,3 +522,28 @@ async def test_openapi_describes_both_routes(harness: Harness) -> None:
     assert sorted(events["responses"]) == ["200", "400", "401", "415", "503"]
     for response in [*outbound["responses"].values(), *events["responses"].values()]:
         assert list(response) == ["description"], response
+
+
+async def test_crm_fields_that_cannot_be_stored_are_dropped_with_a_note(harness: Harness, fake: FakeSalesforce) -> None:
+    """A record's field holding NUL (PostgreSQL refuses it) or 20,000 characters is left out
+    of the trigger's data, the trigger says so, and the email still goes out."""
+    fake.add_record("Lead", LEAD, NPI__c=JANE, Nickname__c="Ngu\x00yen", Description="d" * 20_000, Rating="Hot")
+    delivery = await deliver(harness, "outbound_lead.xml")
+    assert delivery.ack and delivery.outcomes == {"04l5g00000Gx7R0AAJ": ["sent to jane.doe@clinic.example"]}
+    async with harness.rt.db.connect() as connection:
+        [trigger_id] = (await connection.execute(select(triggers.c.id))).scalars().all()
+    view = await harness.outcome(trigger_id)
+    assert view["data"]["Rating"] == "Hot"
+    assert "Nickname__c" not in view["data"] and "Description" not in view["data"]
+    assert view["notes"] == [
+        "data field 'Nickname__c' dropped: contains a NUL character",
+        "data field 'Description' dropped: longer than 10000 characters (20000)",
+    ]
+
+
+async def test_an_npi_field_holding_nul_ends_as_invalid_npi(harness: Harness, fake: FakeSalesforce) -> None:
+    fake.add_record("Lead", LEAD, NPI__c="12345\x0067893")
+    delivery = await deliver(harness, "outbound_lead.xml")
+    assert delivery.ack
+    [line] = delivery.outcomes["04l5g00000Gx7R0AAJ"]
+    assert line.startswith("invalid_npi: npi must be 10 digits"), line

@@ -242,10 +242,12 @@ def trigger(
     if problem:
         err.print(f"--npi: {problem}", highlight=False)
         raise typer.Exit(2)
+    from webhooks.common import HTTPProblem, parse_json
+
     try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        err.print(f"--data: not valid JSON: {exc}", highlight=False)
+        payload = parse_json(data)
+    except HTTPProblem as exc:
+        err.print(f"--data: {exc.reason.replace('body', 'the value')}", highlight=False, markup=False)
         raise typer.Exit(2) from None
     if not isinstance(payload, dict):
         err.print("--data: must be a JSON object", highlight=False)
