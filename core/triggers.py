@@ -174,6 +174,8 @@ async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
         "notes": list((row["source_ref"] or {}).get("notes", [])) if isinstance(row["source_ref"], dict) else [],
         "created_at": iso(row["created_at"]),
         "decided_at": iso(row["decided_at"]),
+        "attempts": row["attempts"],
+        "due_at": iso(row["due_at"]) if row["status"] == "pending" else None,
         "messages": [message_view(message) for message in message_rows],
     }
 
