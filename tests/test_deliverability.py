@@ -122,3 +122,77 @@ def test_bounces_classify_reads_stdin() -> None:
     assert done.returncode == 0
     line = json.loads(done.stdout)
     assert (line["file"], line["kind"], line["reason"]) == ("-", "soft", "suspended")
+
+
+# --- answers at send time, through the real SMTP server --------------------------------
+
+
+async def _address_status(harness: Harness, npi: str, address: str) -> str:
+    from tests.test_directory import addresses
+
+    return dict(await addresses(harness.rt.db, npi))[address]
+
+
+async def test_blocklisting_at_rcpt_keeps_the_address_and_throttles_the_domain(harness: Harness) -> None:
+    harness.smtp.reject["omar.haddad@heart.example"] = (
+        "550 5.7.606 Access denied, banned sending IP [203.0.113.7]. To request removal from this list please "
+        "visit https://sender.office.com/ and follow the directions."
+    )
+    result = await harness.send(OMAR, "cardio-webinar")
+
+    message = result["messages"][0]
+    assert message["status"] == "queued" and "blocked (blocked)" in message["error"]
+    assert await _address_status(harness, OMAR, "omar.haddad@heart.example") == "ok"
+    view = (await harness.client.get("/v1/deliverability", headers=harness.auth)).json()
+    [heart] = [row for row in view["domains"] if row["domain"] == "heart.example"]
+    assert (heart["block"], heart["hard"], heart["state"]) == (1, 0, "throttled") and "5.7.606" in heart["reason"]
+
+    del harness.smtp.reject["omar.haddad@heart.example"]  # delisted
+    await harness.later(hours=1, minutes=1)
+    assert [e[1] for e in harness.smtp.envelopes] == [["omar.haddad@heart.example"]]
+    assert (await harness.outcome(result["id"]))["status"] == "sent"
+
+
+async def test_user_unknown_at_rcpt_sends_the_same_email_to_the_next_address(harness: Harness) -> None:
+    harness.smtp.reject["jane.doe@clinic.example"] = "550 5.1.1 <jane.doe@clinic.example>: Recipient address rejected: User unknown"
+    result = await harness.send(JANE, "cardio-webinar")
+    [message] = [m for m in result["messages"] if m["kind"] == "initial"]
+    assert (message["status"], message["to"]) == ("sent", "jdoe@health.example")
+    assert await _address_status(harness, JANE, "jane.doe@clinic.example") == "hard_bounced"
+    assert [e[1] for e in harness.smtp.envelopes] == [["jdoe@health.example"]]
+
+
+async def test_a_rate_answer_slows_the_whole_domain(harness: Harness) -> None:
+    from core.domains import limiter_of
+
+    harness.smtp.defer["omar.haddad@heart.example"] = 1
+    harness.smtp.defer_reply["omar.haddad@heart.example"] = "421 4.7.0 Too many messages from your IP, slow down"
+    limiter = limiter_of(harness.rt)
+    before = limiter.rate("heart.example")
+    result = await harness.send(OMAR, "cardio-webinar")
+    assert result["messages"][0]["status"] == "queued"
+    assert limiter.rate("heart.example") == before / 2
+    assert await _address_status(harness, OMAR, "omar.haddad@heart.example") == "ok"
+    await harness.later(minutes=2)
+    assert (await harness.outcome(result["id"]))["status"] == "sent"
+
+
+async def test_a_full_mailbox_is_soft_and_counted(harness: Harness) -> None:
+    harness.smtp.defer["omar.haddad@heart.example"] = 1
+    harness.smtp.defer_reply["omar.haddad@heart.example"] = "552 5.2.2 Mailbox full"
+    result = await harness.send(OMAR, "cardio-webinar")
+    assert result["messages"][0]["status"] == "queued"
+    assert await _address_status(harness, OMAR, "omar.haddad@heart.example") == "ok"
+    await harness.later(minutes=2)
+    assert (await harness.outcome(result["id"]))["status"] == "sent"
+    view = (await harness.client.get("/v1/deliverability", headers=harness.auth)).json()
+    [heart] = [row for row in view["domains"] if row["domain"] == "heart.example"]
+    assert (heart["soft"], heart["hard"], heart["block"]) == (1, 0, 0)
+
+
+async def test_spam_refusal_after_data_keeps_the_address(harness: Harness) -> None:
+    harness.smtp.reject_data["omar.haddad@heart.example"] = "554 5.7.1 Message rejected as spam by Content Filtering"
+    result = await harness.send(OMAR, "cardio-webinar")
+    assert result["messages"][0]["status"] == "queued" and "spam_detected" in result["messages"][0]["error"]
+    assert await _address_status(harness, OMAR, "omar.haddad@heart.example") == "ok"
+    assert (await harness.send(OMAR, "derm-news"))["messages"][0]["to"] == "omar.haddad@heart.example"
