@@ -15,7 +15,6 @@ are one Microsoft): a block from Outlook is about all of Microsoft's consumer do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -275,17 +274,36 @@ class DomainLimiter:
         self._tokens[group] = (tokens, now)
         return (1.0 - tokens) / rate
 
-    @contextlib.asynccontextmanager
-    async def slot(self, address: str | None) -> Any:
-        """Hold one of the group's transaction slots and one of its rate tokens."""
+    def slot(self, address: str | None) -> "_Slot":
+        """Hold one of the group's transaction slots and one of its rate tokens.
+
+        A plain class rather than @asynccontextmanager: the exceptions passing through
+        (DeliveryError, a frozen dataclass) must not be touched on the way out."""
         group = group_of(address) or ""
         semaphore = self._slots.get(group)
         if semaphore is None:
             semaphore = self._slots[group] = asyncio.Semaphore(self.limit(group).concurrency)
-        async with semaphore:
-            while (delay := self.wait_for(group)) > 0:
+        return _Slot(self, group, semaphore)
+
+
+class _Slot:
+    def __init__(self, limiter: DomainLimiter, group: str, semaphore: asyncio.Semaphore):
+        self.limiter = limiter
+        self.group = group
+        self.semaphore = semaphore
+
+    async def __aenter__(self) -> str:
+        await self.semaphore.acquire()
+        try:
+            while (delay := self.limiter.wait_for(self.group)) > 0:
                 await asyncio.sleep(delay)
-            yield group
+        except BaseException:
+            self.semaphore.release()
+            raise
+        return self.group
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.semaphore.release()
 
 
 def limiter_of(rt: Runtime) -> DomainLimiter:

@@ -233,11 +233,14 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
     try:
         email, mime = compose(rt, message, campaign)
         raw = rt.mailer.wire_bytes(mime)
-        with SEND_SECONDS.time():
-            answer = await rt.mailer.transact(
-                client, raw, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"],
-                started=mark_started,
-            )
+        # The receiving domain's pace (per worker): its concurrency and rate, slowed after
+        # a rate answer.
+        async with limiter_of(rt).slot(message["to_address"]):
+            with SEND_SECONDS.time():
+                answer = await rt.mailer.transact(
+                    client, raw, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"],
+                    started=mark_started,
+                )
     except DeliveryError as error:
         MESSAGES.labels(error.kind).inc()
         return await _delivery_failed(rt, message, campaign, error)
