@@ -258,6 +258,11 @@ class Mailer:
                 raise Stopping()
             try:
                 client = await self._client()
+            except aiosmtplib.SMTPResponseException as exc:
+                # The server refused the session (its greeting, EHLO or AUTH): its code and
+                # text go to the classifier like any answer. Still retried later: no message
+                # was claimed yet.
+                raise DeliveryError("transient", exc.code, exc.message) from None
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 raise DeliveryError("transient", None, f"{type(exc).__name__}: {exc}") from None
             try:

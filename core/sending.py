@@ -205,6 +205,11 @@ async def send_message(rt: Runtime, message_id: str) -> str | None:
         if message is not None:
             raise
         # No connection could be made: the row is still queued, count the attempt.
+        if error.code is not None:
+            verdict = classify(code=error.code, diagnostic=error.detail)
+            BOUNCES.labels(verdict.kind, verdict.reason).inc()
+            if verdict.kind == "block":
+                log.warning("the SMTP server refuses our session (%s: %s)", verdict.reason, error)
         return await _unclaimed_failure(rt, message_id, str(error))
     finally:
         leases.drop(message_id)

@@ -88,7 +88,16 @@ class SmtpSink:
     defer: dict[str, int] = field(default_factory=dict)
     defer_reply: dict[str, str] = field(default_factory=dict)
     reject_data: dict[str, str] = field(default_factory=dict)
+    reject_mail: str = ""
+    """When set, the reply to every MAIL FROM (e.g. "550 5.7.1 … blocklist")."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if self.reject_mail:
+            return self.reject_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         address = address.lower()

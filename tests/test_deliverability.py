@@ -196,3 +196,13 @@ async def test_spam_refusal_after_data_keeps_the_address(harness: Harness) -> No
     assert result["messages"][0]["status"] == "queued" and "spam_detected" in result["messages"][0]["error"]
     assert await _address_status(harness, OMAR, "omar.haddad@heart.example") == "ok"
     assert (await harness.send(OMAR, "derm-news"))["messages"][0]["to"] == "omar.haddad@heart.example"
+
+
+async def test_a_blocklisted_sender_at_mail_from_keeps_the_address(harness: Harness) -> None:
+    harness.smtp.reject_mail = "550 5.7.1 Service unavailable; client host [203.0.113.7] blocked using zen.spamhaus.org"
+    result = await harness.send(OMAR, "cardio-webinar")
+    assert result["messages"][0]["status"] == "queued" and "blocked (blocked)" in result["messages"][0]["error"]
+    assert await _address_status(harness, OMAR, "omar.haddad@heart.example") == "ok"
+    harness.smtp.reject_mail = ""
+    await harness.later(hours=1, minutes=1)
+    assert (await harness.outcome(result["id"]))["status"] == "sent"
