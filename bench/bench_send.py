@@ -35,7 +35,7 @@ sender: {from: "Medical Information <medinfo@pharma.example>", postal_address: "
 delivery:                     # a local sink: no receiving domain to be gentle with
   per_domain: {concurrency: 1000, rate: 1000000}
   providers: {}
-  connections: ${BENCH_CONNECTIONS:-8}
+  connections: ${BENCH_CONNECTIONS:-4}
 campaigns:
   - id: bench
     subject: "New data for {{ hcp.specialty }}"
