@@ -15,10 +15,11 @@ Reports are unauthenticated mail that anyone can send to the bounce domain, so a
 should act on one only when its token resolves to a message we sent and, for a bounce, the
 recipient is that message's address; the parser reports what the text claims.
 
-Everything here is pure and uses only the standard `email` package: the inbound SMTP
-receiver, a worker and the tests can all call it without a database. Parsing never raises:
-a report that cannot be understood comes back as kind "unknown", so one odd bounce cannot
-stall the queue that processes the rest.
+Everything here is pure (the standard `email` package, GNU Mailman's `flufl.bounce`
+detectors for non-standard bounces, and `core.classify` for the reason and kind): the
+inbound SMTP receiver, `bounces classify`, the benchmark and the tests all call it without a
+database. Parsing never raises: a report that cannot be understood comes back as kind
+"not_a_bounce", so one odd bounce cannot stall the queue that processes the rest.
 """
 
 from __future__ import annotations
@@ -71,13 +72,6 @@ _SEVERITY: dict[str, int] = {
 # Enhanced status codes (RFC 3463) and SMTP reply codes (RFC 5321). The look-arounds keep
 # IP addresses ("10.5.1.100") and version strings ("v5.1.1") from passing for a status.
 _ENHANCED = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
-_REPLY_AND_ENHANCED = re.compile(r"(?<![\w.])([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_REPLY_IN_CONTEXT = re.compile(
-    r"(?:(?:>|\b(?:said|replied|answered|response|responded|error|smtp|data|command))\s*[:;]|"
-    r"\bfailed\s+with)\s*([245][0-5]\d)(?![\d.])",
-    re.IGNORECASE,
-)
-_LEADING_REPLY = re.compile(r"\s*([245][0-5]\d)(?![\d.])")
 _DIAGNOSTIC_TYPE = re.compile(r"\s*([A-Za-z][\w-]*)\s*;\s*(.*)", re.DOTALL)
 _ADDRESS = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
