@@ -371,6 +371,10 @@ def _decide(by_reporter: str | None, by_status: str | None, status: str | None, 
             return by_text
         if by_status in _ADDRESS_GONE and status.startswith("4") and by_text:
             return by_text
+        if by_status in _ADDRESS_GONE and by_text in _ADDRESS_GONE:
+            # Microsoft sends "5.1.10 RESOLVER.ADR.RecipientNotFound" (RFC 7505's null MX
+            # code) for an unknown recipient; the words say which.
+            return by_text
         if by_text and kind_of(by_status) == "block" and kind_of(by_text) == "block":
             # Both say the receiver refuses us; the words say which way (Yahoo sends
             # policy rejections as 5.7.9, "authentication too weak" in RFC 4954).

@@ -23,6 +23,8 @@ from core.classify import REASONS, classify
         (550, "5.1.1 The email account that you tried to reach does not exist", "hard", "user_unknown"),
         (550, "Requested action not taken: mailbox unavailable", "hard", "user_unknown"),
         (556, "5.1.10 Recipient address has null MX", "hard", "not_accepted"),
+        (550, "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", "hard", "user_unknown"),
+        (550, "5.7.606-649 Access denied, banned sending IP [203.0.113.7]", "block", "blocked"),
         (451, "4.1.1 user unknown, try again later", "soft", "user_unknown"),
         (450, "4.2.0 Mailbox busy, greylisted, try again", "soft", "system_error"),
         (554, "5.6.0 Message content rejected", "block", "content_rejected"),
@@ -49,3 +51,8 @@ def test_every_reason_of_the_issue_has_a_kind() -> None:
         "virus_detected", "system_error", "network_error", "mailer_error", "vacation", "feedback", "undefined",
     }
     assert named <= REASONS.keys()
+
+
+def test_exim_retry_timeout_without_a_code_is_soft() -> None:
+    verdict = classify(diagnostic="all relevant MX records point to hosts that time out: retry timeout exceeded", action="failed")
+    assert (verdict.kind, verdict.reason) == ("soft", "expired")
