@@ -3,6 +3,7 @@ sending to it is throttled or paused (and why)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from starlette.requests import Request
@@ -14,12 +15,16 @@ from core.domains import deliverability
 from webhooks.common import api_key_required, problem, runtime
 
 
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+"""RFC 3339 date-time, what the OpenAPI `format: date-time` promises: a date alone or a
+time without its offset is refused rather than guessed."""
+
+
 def _moment(value: str, field: str) -> datetime:
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    moment = datetime.fromisoformat(text)  # raises ValueError, named by the caller
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if not _DATE_TIME.fullmatch(value):
+        raise ValueError(value)
+    moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))  # raises ValueError, named by the caller
+    return moment.astimezone(timezone.utc)
 
 
 @api_key_required
@@ -39,9 +44,9 @@ async def get_deliverability(request: Request) -> Response:
     for field, default in (("from", now - timedelta(days=7)), ("to", now)):
         value = request.query_params.get(field)
         try:
-            bounds[field] = _moment(value, field) if value else default
+            bounds[field] = _moment(value, field) if value is not None else default
         except ValueError:
-            return problem(422, f"{field}: expected an ISO-8601 date-time like 2026-01-31T00:00:00Z, got {value!r}", field)
+            return problem(422, f"{field}: expected an RFC 3339 date-time like 2026-01-31T00:00:00Z, got {value!r}", field)
     if bounds["from"] > bounds["to"]:
         return problem(422, "from must not be after to", "from")
     rows = await deliverability(rt, bounds["from"], bounds["to"] + timedelta(microseconds=1))
