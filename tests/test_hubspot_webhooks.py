@@ -243,7 +243,7 @@ async def test_workflow_crm_object(harness: Harness, fake: FakeHubSpot) -> None:
 @pytest.mark.parametrize("version", ["v1", "v2", "v3"])
 async def test_each_signature_version_is_accepted(harness: Harness, version: str) -> None:
     response = await deliver(harness, fixture("contact_property_change.json"), version=version)
-    assert (response.status_code, response.json()) == (200, {"received": 1, "duplicates": 0})
+    assert (response.status_code, response.json()) == (200, {"received": 1, "duplicates": 0, "event_ids": [1]})
 
 
 async def test_signature_is_over_the_public_url_not_the_host_behind_the_proxy(harness: Harness) -> None:
@@ -305,7 +305,9 @@ async def test_redelivered_batch_is_acknowledged_and_sends_nothing_again(harness
     assert len(harness.smtp.messages) == 3
     retry = [{**event, "attemptNumber": 1} for event in events]  # HubSpot's retry: same eventIds, next attempt
     response = await deliver(harness, retry)
-    assert (response.status_code, response.json()) == (200, {"received": 0, "duplicates": 4})
+    answer = response.json()
+    assert (response.status_code, answer["received"], answer["duplicates"]) == (200, 0, 4)
+    assert answer["event_ids"] == [1, 2, 3, 4]  # the events stored the first time
     await drain(harness.rt)
     assert len(harness.smtp.messages) == 3 and await fire(harness, retry) == first
 
@@ -314,7 +316,7 @@ async def test_redelivered_workflow_body_is_recognised_by_its_hash(harness: Harn
     body = fixture("workflow_custom.json")
     await fire(harness, body)
     response = await deliver(harness, body)
-    assert (response.status_code, response.json()) == (200, {"received": 0, "duplicates": 1})
+    assert (response.status_code, response.json()) == (200, {"received": 0, "duplicates": 1, "event_ids": [1]})
     await drain(harness.rt)
     assert len(harness.smtp.messages) == 1
 
