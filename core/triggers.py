@@ -65,6 +65,8 @@ async def accept_trigger(
 
 
 async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
+    from core.console import full_trail
+
     async with rt.db.connect() as connection:
         row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
         if row is None:
@@ -85,6 +87,7 @@ async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
         "created_at": iso(row["created_at"]),
         "decided_at": iso(row["decided_at"]),
         "messages": [message_view(message) for message in message_rows],
+        "trail": full_trail(row),
     }
 
 
