@@ -24,3 +24,5 @@ class Settings(BaseSettings):
     """A message left in `sending` longer than this (seconds) is marked `unknown`, never resent."""
     outbox_max_attempts: int = 8
     dev: bool = False
+    metrics_token: str = Field(default="", repr=False)
+    """Bearer token for `/metrics` (an API key works too); unset, `/metrics` is open under `dev` only."""

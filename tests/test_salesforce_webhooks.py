@@ -510,7 +510,7 @@ async def test_daily_api_budget_is_in_metrics(harness: Harness, fake: FakeSalesf
     fake.add_record("Lead", LEAD, NPI__c=JANE)
     await deliver(harness, "outbound_lead.xml")  # one sObject GET
     await push(harness)  # one sObject Collections call
-    metrics = (await harness.client.get("/metrics")).text
+    metrics = (await harness.client.get("/metrics", headers=harness.auth)).text
     assert 'trigger_email_crm_api_usage{crm="salesforce",kind="used"} 2.0' in metrics
     assert 'trigger_email_crm_api_usage{crm="salesforce",kind="limit"} 15000.0' in metrics
 
