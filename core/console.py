@@ -205,11 +205,15 @@ def _smtp_answer(message: Any) -> str:
             "cancelled": "not sent (cancelled)", "unknown": "cut off during the SMTP transaction"}.get(message["status"], message["status"])
 
 
+def where_in_words(where: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {'matches' if key == 'url' else '='} {value}" for key, value in where.items())
+
+
 def rule_in_words(config: Config, index: int | None) -> str | None:
     if index is None or not (0 <= index < len(config.triggers)):
         return None
     rule = config.triggers[index]
-    where = ", ".join(f"{key} {'matches' if key == 'url' else '='} {value}" for key, value in rule.where.items())
+    where = where_in_words(rule.where)
     return f"triggers[{index}]: from {rule.from_} on {rule.on}" + (f" where {where}" if where else "") + f" → send {rule.send}"
 
 
@@ -253,13 +257,37 @@ async def list_events(
     async with db.connect() as connection:
         rows = (await connection.execute(query)).mappings().all()
     following = _encode(str(rows[limit - 1]["id"])) if len(rows) > limit else None
-    return [event_view(row) for row in rows[:limit]], following
+    views = [event_view(row) for row in rows[:limit]]
+    await _with_triggers(db, views)
+    return views, following
+
+
+async def _with_triggers(db: Database, views: list[dict[str, Any]]) -> None:
+    """Each event's triggers with the rule that made them, their campaign and outcome."""
+    ids = [trigger_id for view in views for trigger_id in view["trigger_ids"]]
+    found: dict[str, Any] = {}
+    if ids:
+        async with db.connect() as connection:
+            rows = await connection.execute(
+                select(triggers.c.id, triggers.c.campaign_id, triggers.c.status, triggers.c.source_ref).where(triggers.c.id.in_(ids))
+            )
+            found = {row.id: row for row in rows}
+    for view in views:
+        view["triggers"] = [
+            {"id": trigger_id, "campaign_id": found[trigger_id].campaign_id, "status": found[trigger_id].status,
+             "rule": (found[trigger_id].source_ref or {}).get("rule")}
+            for trigger_id in view["trigger_ids"] if trigger_id in found
+        ]
 
 
 async def get_event(db: Database, event_id: int) -> dict[str, Any] | None:
     async with db.connect() as connection:
         row = (await connection.execute(select(inbound_events).where(inbound_events.c.id == event_id))).mappings().first()
-    return None if row is None else event_view(row, payload=True)
+    if row is None:
+        return None
+    view = event_view(row, payload=True)
+    await _with_triggers(db, [view])
+    return view
 
 
 def event_view(row: Any, *, payload: bool = False) -> dict[str, Any]:

@@ -118,6 +118,7 @@ async def push_outbox(rt: Runtime, sinks: Mapping[str, ActivitySink], *, max_bat
     """Push due activities; returns counts of pushed / retried / dead rows."""
     counts = {"pushed": 0, "retried": 0, "dead": 0}
     for crm, sink in sinks.items():
+        before = dict(counts)
         for _ in range(max_batches):
             batch = await _claim_batch(rt, crm, sink.batch_size)
             if not batch:
@@ -133,7 +134,16 @@ async def push_outbox(rt: Runtime, sinks: Mapping[str, ActivitySink], *, max_bat
                 await _pause(rt, crm, rt.clock.now() + timedelta(seconds=wait))
             if _crm_unavailable(results):
                 break
+        _log_pushes(crm, {key: counts[key] - before[key] for key in counts})
     return counts
+
+
+def _log_pushes(crm: str, done: dict[str, int]) -> None:
+    if done["pushed"]:
+        log.info("%s: %d activit%s pushed", crm, done["pushed"], "y" if done["pushed"] == 1 else "ies")
+    if done["dead"]:
+        log.warning("%s: %d activit%s dead-lettered (retry from the dashboard's CRM outbox)", crm, done["dead"],
+                    "y" if done["dead"] == 1 else "ies")
 
 
 async def _pause(rt: Runtime, crm: str, until: datetime) -> None:

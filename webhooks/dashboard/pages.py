@@ -17,7 +17,7 @@ from config import format_duration
 from core.campaigns import is_paused, paused_ids, set_paused
 from core.console import (
     CHECK_NAMES, OUTCOMES, BadQuery, TriggerFilter, campaign_figures, get_event, list_events, list_triggers, outbox_page,
-    outbox_summary, parse_time, trigger_detail,
+    outbox_summary, parse_time, rule_in_words, trigger_detail, where_in_words,
 )
 from core.outbox import retry_dead
 from core.users import authenticate
@@ -135,7 +135,7 @@ def rules_in_words(campaign: Any, config: Any) -> list[str]:
         words.append(f"Frequency cap: at most {cap.max} marketing emails per HCP per {format_duration(cap.per)}, all campaigns together.")
     else:
         words.append("Not counted against the frequency cap." if cap else "No frequency cap configured.")
-    fired_by = [f"from {rule.from_} on {rule.on}" + (f" where {rule.where}" if rule.where else "")
+    fired_by = [f"from {rule.from_} on {rule.on}" + (f" where {where_in_words(rule.where)}" if rule.where else "")
                 for rule in config.triggers if rule.send == campaign.id]
     if fired_by:
         words.append("Triggered " + "; ".join(fired_by) + ", and by POST /v1/triggers.")
@@ -258,7 +258,7 @@ async def events_page(request: Request) -> Response:
         error = f"{exc.field}: {exc.reason}"
     crms = [name for name in ("hubspot", "salesforce", "webhook") if getattr(rt.config.crm, name, None) is not None]
     return render(request, "events.html", {
-        "title": "Inbound events", "page": page, "error": error, "q": query, "crms": crms,
+        "title": "Inbound events", "page": page, "rule_text": lambda index: rule_in_words(rt.config, index), "error": error, "q": query, "crms": crms,
         "next_url": _query(request, cursor=following) if following else None,
         "first_url": _query(request, cursor=None) if query.get("cursor") else None,
     })
@@ -273,6 +273,7 @@ async def event_page(request: Request) -> Response:
     import json
 
     return render(request, "event.html", {"title": f"Event #{event['id']}", "e": event,
+                                          "rule_text": lambda index: rule_in_words(runtime(request).config, index),
                                           "payload": json.dumps(event["payload"], indent=2, default=str)})
 
 
