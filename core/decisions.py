@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
 from core.campaigns import is_paused
+from core.clock import iso
 from core.db import hcp_emails, hcps, messages, new_id, triggers
 from core.directory import SOURCE_PRIORITY
 from core.npi import npi_problem
@@ -108,8 +109,6 @@ CHECKS = ("npi_valid", "campaign", "paused", "hcp_known", "audience", "suppressi
 def _step(trail: list[dict[str, Any]], check: str, ok: bool, detail: str, **facts: Any) -> None:
     """One check of the decision trail: its name, passed or not, in words, and the facts
     behind it (times as ISO strings)."""
-    from core.clock import iso
-
     entry: dict[str, Any] = {"check": check, "result": "pass" if ok else "fail", "detail": detail}
     for key, value in facts.items():
         entry[key] = iso(value) if isinstance(value, datetime) else value

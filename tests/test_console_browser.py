@@ -305,6 +305,8 @@ def test_dashboard_in_a_browser(tmp_path: Path, hubspot: FakeHubSpot, browser: A
     assert "cron:" not in log and "mail.log" not in log, log
     assert re.search(r"core\.decisions: trigger trg_\w+ → cooldown", log)
     assert "hubspot webhook stored 1 event(s)" in log
+    assert "hubspot: 1 activity pushed" in log and "hubspot: 1 activity dead-lettered" in log
+    assert re.search(r"core\.sending: message msg_\w+ sent to jane\.doe@clinic\.example", log)
 
 
 def redis_servers_in(data_dir: Path) -> list[psutil.Process]:
