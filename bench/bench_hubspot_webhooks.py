@@ -229,7 +229,7 @@ async def run(args: argparse.Namespace) -> int:
         for url in stores.values():
             await create_database(url)
         for kind, url in stores.items():
-            servers[kind] = start_server(kind, app_env(url, redis, config_file, "bench-secret-key"))
+            servers[kind] = start_server(kind, app_env(url, redis, config_file, "bench-secret-key-of-at-least-32-characters"))
         wait_listening(servers.values(), timeout=30)
         phase, results, latencies = await compare(
             servers, Events, args, batch=BATCH, ids=10**9, deadline=deadline, teardown=5

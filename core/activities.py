@@ -51,6 +51,17 @@ class Activity:
     object_type: str | None = None
     object_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    """Stable and unique across installations (message id, kind, link): what a connector
+    marks the CRM record with, so a retry can find what an earlier try already wrote."""
+    claim: int = 0
+    """Which take of the outbox row this is (1 for the first call to the CRM)."""
+    verify: bool = False
+    """An earlier call may have written this activity (its answer was lost, it failed with a
+    5xx, or its pusher died): the connector looks it up before creating it again."""
+    lease_until: datetime | None = None
+    """When another pusher may take this activity: a connector starts no CRM call for it
+    that could still be running then."""
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,15 @@ from core.clock import iso
 from core.db import messages, new_id, triggers
 from core.queue import PROCESS_TRIGGER
 from core.runtime import Runtime
+
+class IdempotencyMismatch(Exception):
+    """The idempotency key was used before with another request (Stripe answers 422 too)."""
+
+
+def request_hash(npi: str, campaign_id: str, data: dict[str, Any] | None) -> str:
+    canonical = json.dumps([npi, campaign_id, data or {}], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -29,11 +40,14 @@ async def accept_trigger(
     source: str = "api",
     source_ref: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    check_request: bool = False,
 ) -> Accepted:
     """Store a trigger, then enqueue its decision. The row is committed before this returns,
     so a 202 means the trigger survives any crash; the same idempotency key returns the
-    first trigger and does nothing again."""
+    first trigger and does nothing again. With `check_request`, reusing the key with another
+    npi, campaign or data raises IdempotencyMismatch instead."""
     trigger_id = new_id("trg")
+    fingerprint = request_hash(npi, campaign_id, data) if check_request and idempotency_key else None
     row = {
         "id": trigger_id,
         "npi": npi,
@@ -42,6 +56,7 @@ async def accept_trigger(
         "source": source,
         "source_ref": source_ref,
         "idempotency_key": idempotency_key,
+        "request_hash": fingerprint,
         "status": "pending",
         "created_at": rt.clock.now(),
     }
@@ -54,11 +69,14 @@ async def accept_trigger(
         async with rt.db.connect() as connection:
             existing = (
                 await connection.execute(
-                    select(triggers.c.id, triggers.c.status).where(triggers.c.idempotency_key == idempotency_key)
+                    select(triggers.c.id, triggers.c.status, triggers.c.request_hash)
+                    .where(triggers.c.idempotency_key == idempotency_key)
                 )
             ).first()
         if existing is None:
             raise
+        if fingerprint and existing.request_hash and existing.request_hash != fingerprint:
+            raise IdempotencyMismatch(existing.id) from None
         return Accepted(id=existing.id, status=existing.status, created=False)
     await rt.queue.enqueue(PROCESS_TRIGGER, trigger_id, job_id=f"trigger:{trigger_id}")
     return Accepted(id=trigger_id, status="pending", created=True)

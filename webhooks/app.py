@@ -77,8 +77,16 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
             await flush_engagement(built)
             await built.aclose()
 
+    from starlette.middleware import Middleware
+
+    from webhooks.common import RefuseHostileUrls, redact_access_log, unavailable_exception_types, unavailable_handler
+
+    redact_access_log()
     app = Starlette(
-        routes=all_routes(dev_routes=dev_routes), lifespan=lifespan, exception_handlers={HTTPException: http_error},
+        routes=all_routes(dev_routes=dev_routes),
+        lifespan=lifespan,
+        middleware=[Middleware(RefuseHostileUrls)],
+        exception_handlers={HTTPException: http_error, **{kind: unavailable_handler for kind in unavailable_exception_types()}},
     )
     if rt is not None:
         app.state.runtime = rt
