@@ -181,7 +181,7 @@ def test_dashboard_in_a_browser(tmp_path: Path, hubspot: FakeHubSpot, browser: A
         assert page.locator("svg.chart circle[data-line=sent]").count() == 0
 
         # -- one trigger through the API, one through the signed HubSpot webhook (another HCP)
-        accepted = run_curl(printed["api_curl"])
+        assert run_curl(printed["api_curl"])["status"] == "pending"
         received = run_curl(printed["webhook_curl"])
         assert received["received"] == 1 and len(received["event_ids"]) == 1
 

@@ -169,3 +169,19 @@ async def test_metrics_need_a_token_outside_dev(harness: Harness) -> None:
     assert (await harness.client.get("/metrics")).status_code == 200
     harness.rt.settings.metrics_token = "scrape-token-0123456789"
     assert (await harness.client.get("/metrics")).status_code == 401
+
+
+async def test_trigger_log_pages_newest_first(harness: Harness, user: None) -> None:
+    made = []
+    for _ in range(30):
+        made.append((await harness.trigger(JANE))["id"])
+        harness.clock.advance(timedelta(seconds=1))
+    await login(harness.client)
+    first = await harness.client.get("/dashboard/triggers", params={"npi": JANE})
+    shown = re.findall(r'href="/dashboard/triggers/(trg_\w+)"', first.text)
+    assert list(dict.fromkeys(shown)) == made[::-1][:25]
+    older = re.search(r'href="([^"]+)" rel="next"', first.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    assert f"npi={JANE}" in older
+    second = await harness.client.get("/dashboard/triggers" + older)
+    assert list(dict.fromkeys(re.findall(r'href="/dashboard/triggers/(trg_\w+)"', second.text))) == made[::-1][25:]
+    assert 'rel="next"' not in second.text and "Newest" in second.text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +27,7 @@ from webhooks.common import runtime
 from webhooks.dashboard import auth
 from webhooks.dashboard.charts import line_chart
 
+log = logging.getLogger("trigger_email.console")
 STATIC = Path(__file__).with_name("static")
 PAGE_SIZE = 25
 
@@ -34,10 +37,6 @@ env.globals["check_names"] = CHECK_NAMES
 
 def _pct(value: float) -> str:
     return f"{value * 100:.1f}%"
-
-
-def _when(value: str | None) -> str:
-    return value.replace("T", " ").replace("Z", " UTC")[:20] + " UTC" if value else "—"
 
 
 env.filters["pct"] = _pct
@@ -84,9 +83,7 @@ async def login(request: Request) -> Response:
     user = await authenticate(runtime(request).db, email, password, runtime(request).clock.now())
     if user is None:
         await auth.count_failure(request, email)
-        import logging
-
-        logging.getLogger("trigger_email.console").warning("dashboard login refused for %r", email)
+        log.warning("dashboard login refused for %r", email)
         return _login_form(request, target, email, "Wrong email or password.", 401)
     await auth.clear_failures(request, email)
     response = RedirectResponse(_next(request, target), status_code=303)
@@ -192,9 +189,7 @@ async def campaign_state(request: Request) -> Response:
     paused = request.path_params["action"] == "pause"
     async with rt.db.begin() as connection:
         await set_paused(connection, campaign.id, paused, rt.clock.now())
-    import logging
-
-    logging.getLogger("trigger_email.console").info(
+    log.info(
         "campaign %s %s from the dashboard by %s", campaign.id, "paused" if paused else "resumed", request.state.session["user"]["email"]
     )
     return RedirectResponse(f"/dashboard/campaigns/{campaign.id}", status_code=303)
@@ -270,8 +265,6 @@ async def event_page(request: Request) -> Response:
     event = await get_event(runtime(request).db, int(text)) if text.isdigit() else None
     if event is None:
         return render(request, "error.html", {"title": "Not found", "message": "No such event."}, status=404)
-    import json
-
     return render(request, "event.html", {"title": f"Event #{event['id']}", "e": event,
                                           "rule_text": lambda index: rule_in_words(runtime(request).config, index),
                                           "payload": json.dumps(event["payload"], indent=2, default=str)})
