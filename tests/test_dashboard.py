@@ -185,3 +185,14 @@ async def test_trigger_log_pages_newest_first(harness: Harness, user: None) -> N
     second = await harness.client.get("/dashboard/triggers" + older)
     assert list(dict.fromkeys(re.findall(r'href="/dashboard/triggers/(trg_\w+)"', second.text))) == made[::-1][25:]
     assert 'rel="next"' not in second.text and "Newest" in second.text
+
+
+async def test_the_to_date_of_a_search_includes_that_day(harness: Harness, user: None) -> None:
+    made = (await harness.trigger(JANE))["id"]  # 2026-01-05 09:00 UTC
+    await login(harness.client)
+    same_day = await harness.client.get("/dashboard/triggers", params={"from": "2026-01-05", "to": "2026-01-05"})
+    assert made in same_day.text
+    before = await harness.client.get("/dashboard/triggers", params={"to": "2026-01-04"})
+    assert made not in before.text and "No trigger matches." in before.text
+    bad = await harness.client.get("/dashboard/triggers", params={"from": "someday"})
+    assert bad.status_code == 200 and "from: from must be an ISO 8601 date" in bad.text

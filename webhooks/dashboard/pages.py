@@ -53,6 +53,15 @@ def render(request: Request, template: str, context: dict[str, Any], *, status: 
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
 
+def _until(text: str | None) -> Any:
+    """The dashboard's "To" is a day the person wants included: a bare date means up to the
+    end of that day (the API's `to` is exclusive)."""
+    from datetime import timedelta
+
+    end = parse_time(text, "to")
+    return end + timedelta(days=1) if end is not None and text and len(text.strip()) == 10 else end
+
+
 def _query(request: Request, **changes: Any) -> str:
     values = {key: value for key, value in request.query_params.items() if value}
     values.update({key: value for key, value in changes.items()})
@@ -162,7 +171,7 @@ async def campaign_page(request: Request) -> Response:
     error = None
     try:
         start = parse_time(request.query_params.get("from"), "from")
-        end = parse_time(request.query_params.get("to"), "to")
+        end = _until(request.query_params.get("to"))
         figures = await campaign_figures(rt.db, campaign.id, start=start, end=end, interval=interval, now=rt.clock.now())
     except BadQuery as exc:
         error = exc.reason
@@ -211,7 +220,7 @@ async def triggers_page(request: Request) -> Response:
             raise BadQuery("status", "unknown outcome")
         where = TriggerFilter(
             npi=(query.get("npi") or "").strip() or None, campaign_id=query.get("campaign_id") or None, status=status,
-            source=query.get("source") or None, start=parse_time(query.get("from"), "from"), end=parse_time(query.get("to"), "to"),
+            source=query.get("source") or None, start=parse_time(query.get("from"), "from"), end=_until(query.get("to")),
         )
         page, following = await list_triggers(rt.db, where, cursor=query.get("cursor") or None, limit=PAGE_SIZE)
     except BadQuery as exc:
@@ -246,7 +255,7 @@ async def events_page(request: Request) -> Response:
     try:
         page, following = await list_events(
             rt.db, source=query.get("source") or None, status=query.get("status") or None,
-            start=parse_time(query.get("from"), "from"), end=parse_time(query.get("to"), "to"),
+            start=parse_time(query.get("from"), "from"), end=_until(query.get("to")),
             cursor=query.get("cursor") or None, limit=PAGE_SIZE,
         )
     except BadQuery as exc:
