@@ -357,6 +357,27 @@ async def campaign_figures(
     if (series_end - series_start) / INTERVALS[interval] > 2000:
         raise BadQuery("interval", "the range holds more than 2000 points at this interval; use day or a shorter range")
 
+    async with db.connect() as connection:
+        mine = _campaign_is(connection, messages.c.campaign_id, campaign_id)
+        return await _figures(connection, campaign_id, mine, start, end, interval, series_start, series_end)
+
+
+def _campaign_is(connection: AsyncConnection, column: Any, campaign_id: str) -> Any:
+    """`column = campaign_id`. On SQLite written `+column = …`, which keeps its planner off the
+    (campaign_id, …) indexes: a campaign is usually most of the table, where one sequential
+    pass is several times faster than an index walk with a row lookup per message (3.5 s
+    against 0.5 s at a million messages). PostgreSQL's planner chooses from its statistics."""
+    if connection.dialect.name == "sqlite":
+        from sqlalchemy import literal_column
+
+        return literal_column(f"+{column.table.name}.{column.name}") == campaign_id
+    return column == campaign_id
+
+
+async def _figures(
+    connection: AsyncConnection, campaign_id: str, mine: Any, start: datetime | None, end: datetime | None, interval: str,
+    series_start: datetime, series_end: datetime,
+) -> dict[str, Any]:
     def within(column: Any) -> Any:
         conditions = [column.is_not(None)]
         if start:
@@ -365,7 +386,6 @@ async def campaign_figures(
             conditions.append(column < end)
         return and_(*conditions)
 
-    mine = messages.c.campaign_id == campaign_id
     totals_query = select(
         func.count(case((within(messages.c.sent_at), 1))),
         func.count(case((and_(within(messages.c.sent_at), messages.c.bounced_at.is_(None)), 1))),
@@ -378,32 +398,31 @@ async def campaign_figures(
         func.coalesce(func.sum(case((within(messages.c.sent_at), messages.c.machine_opens))), 0),
         func.coalesce(func.sum(case((within(messages.c.clicked_at), messages.c.click_count))), 0),
     ).where(mine)
-    async with db.connect() as connection:
-        totals = (await connection.execute(totals_query)).one()
-        statuses = dict((await connection.execute(
-            select(messages.c.status, func.count()).where(mine, *_range(messages.c.created_at, start, end)).group_by(messages.c.status)
-        )).all())
-        outcome_rows = (await connection.execute(
-            select(triggers.c.status, func.count())
-            .where(triggers.c.campaign_id == campaign_id, *_range(triggers.c.created_at, start, end))
-            .group_by(triggers.c.status)
-        )).all()
-        reports = dict((await connection.execute(
-            select(engagement_events.c.kind, func.count(func.distinct(engagement_events.c.message_id)))
-            .join(messages, messages.c.id == engagement_events.c.message_id)
-            .where(mine, engagement_events.c.kind.in_(("soft_bounce", "complaint")),
-                   *_range(engagement_events.c.occurred_at, start, end))
-            .group_by(engagement_events.c.kind)
-        )).all())
-        parts = []
-        for name, column in SERIES:
-            slot = bucket(connection, column, interval)
-            parts.append(
-                select(literal(name).label("line"), slot.label("slot"), func.count().label("n"))
-                .where(mine, column >= series_start, column < series_end)
-                .group_by(slot)
-            )
-        series_rows = (await connection.execute(union_all(*parts))).all()
+    totals = (await connection.execute(totals_query)).one()
+    statuses = dict((await connection.execute(
+        select(messages.c.status, func.count()).where(mine, *_range(messages.c.created_at, start, end)).group_by(messages.c.status)
+    )).all())
+    outcome_rows = (await connection.execute(
+        select(triggers.c.status, func.count())
+        .where(_campaign_is(connection, triggers.c.campaign_id, campaign_id), *_range(triggers.c.created_at, start, end))
+        .group_by(triggers.c.status)
+    )).all()
+    reports = dict((await connection.execute(
+        select(engagement_events.c.kind, func.count(func.distinct(engagement_events.c.message_id)))
+        .join(messages, messages.c.id == engagement_events.c.message_id)
+        .where(mine, engagement_events.c.kind.in_(("soft_bounce", "complaint")),
+               *_range(engagement_events.c.occurred_at, start, end))
+        .group_by(engagement_events.c.kind)
+    )).all())
+    parts = []
+    for name, column in SERIES:
+        slot = bucket(connection, column, interval)
+        parts.append(
+            select(literal(name).label("line"), slot.label("slot"), func.count().label("n"))
+            .where(mine, column >= series_start, column < series_end)
+            .group_by(slot)
+        )
+    series_rows = (await connection.execute(union_all(*parts))).all()
     sent, delivered, hard, opened, machine_opened, clicked, unsubscribed, opens, machine_opens, clicks = (
         int(value or 0) for value in totals
     )
