@@ -4,7 +4,7 @@
 Two uvicorn servers, each in its own process, on real HTTP:
 
 * `app`:  trigger-email as `serve` runs it (`webhooks.app:create_app`, configured from the
-  environment): v3 signature check, parse, store (dedupe on eventId), enqueue one arq job
+  environment): v3 signature check, parse, store (dedupe on portalId:subscriptionId:eventId), enqueue one arq job
   per new event, then 200;
 * `bare`: a plain Starlette endpoint that decodes the body and inserts the same rows with the
   same statement, in one transaction, and nothing else: the cost of HTTP + JSON + database

@@ -6,6 +6,7 @@ a connector `Activity`s and gets one `PushResult` per item back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -62,6 +63,13 @@ class Activity:
     lease_until: datetime | None = None
     """When another pusher may take this activity: a connector starts no CRM call for it
     that could still be running then."""
+
+    @property
+    def reference(self) -> str:
+        """The activity's mark on the CRM record: the same on every try, different for every
+        activity of every installation (it hashes the outbox key: message id, kind, link)."""
+        key = self.key or f"{self.message_id}:{self.kind}:{self.id}"
+        return "te" + hashlib.sha256(key.encode()).hexdigest()[:14]
 
 
 @dataclass

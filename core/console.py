@@ -285,26 +285,27 @@ async def get_event(db: Database, event_id: int) -> dict[str, Any] | None:
         row = (await connection.execute(select(inbound_events).where(inbound_events.c.id == event_id))).mappings().first()
     if row is None:
         return None
-    view = event_view(row, payload=True)
+    view = event_view(row)
     await _with_triggers(db, [view])
     return view
 
 
-def event_view(row: Any, *, payload: bool = False) -> dict[str, Any]:
+def event_view(row: Any) -> dict[str, Any]:
+    """An inbound event as stored (`event`), what kind of event it was, whether the CRM sent
+    it again, the triggers it made (with the rule and outcome of each) or why none."""
     event = dict(row["event"] or {})
     result = row["result"] or ""
     made = [part.strip() for part in result.removeprefix("triggers ").split(",")] if result.startswith("triggers ") else []
-    view = {
+    return {
         "id": row["id"], "source": row["source"], "event_key": row["event_key"], "status": row["status"],
-        "event": event.get("event"), "object_type": event.get("object_type"), "object_id": event.get("object_id"),
+        "event_type": event.get("event"), "object_type": event.get("object_type"), "object_id": event.get("object_id"),
         "received_at": iso(row["received_at"]), "processed_at": iso(row["processed_at"]), "attempts": row["attempts"],
+        "due_at": iso(row["due_at"]) if row["status"] == "pending" else None,
         "duplicates": row["duplicates"] or 0, "last_duplicate_at": iso(row["last_duplicate_at"]),
         "result": result or None, "trigger_ids": made,
         "why_none": None if made or row["status"] in ("pending", "processing") else (result or row["status"]),
+        "event": event,
     }
-    if payload:
-        view["payload"] = event
-    return view
 
 
 # -- campaign figures --------------------------------------------------------------------------

@@ -124,6 +124,9 @@ triggers = Table(
     Column("reason", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Column("decided_at", UTCDateTime),
+    # bounded retries of a decision that raised (revision 0004)
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("due_at", UTCDateTime),
     Index("ix_triggers_status_created_at", "status", "created_at"),
 )
 
@@ -157,6 +160,12 @@ messages = Table(
     Column("bounce_reason", Text),
     Column("unsubscribed_at", UTCDateTime),
     Column("links", JSON),
+    # crash-safe sending (revision 0004): the claim's lease, renewed by the worker that holds
+    # it; when the SMTP transaction reached the point where the server may take the message;
+    # how many times the message was claimed (a fresh arq job id after each release)
+    Column("claimed_until", UTCDateTime),
+    Column("smtp_started_at", UTCDateTime),
+    Column("claim_seq", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_messages_trigger_id", "trigger_id"),
     Index("ix_messages_npi_campaign_id", "npi", "campaign_id"),
     Index("ix_messages_npi_created_at", "npi", "created_at"),

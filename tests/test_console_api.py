@@ -100,7 +100,7 @@ async def test_events_log_and_one_event(harness: Harness) -> None:
     assert first["duplicates"] == 1 and first["trigger_ids"] == []
     assert first["why_none"]  # no rule for this CRM in the test config
     one = (await harness.client.get(f"/v1/events/{stored.ids[0]}", headers=harness.auth)).json()
-    assert one["payload"]["event_key"] == "evt-0" and one["source"] == "hubspot"
+    assert one["event"]["event_key"] == "evt-0" and one["event_type"] == "form_submission" and one["source"] == "hubspot"
     assert (await harness.client.get("/v1/events/999999", headers=harness.auth)).status_code == 404
     assert (await harness.client.get("/v1/events", params={"status": "nope"}, headers=harness.auth)).json()["field"] == "status"
     assert (await harness.client.get("/v1/events", params={"source": "salesforce"}, headers=harness.auth)).json()["events"] == []

@@ -109,6 +109,11 @@ async def test_over_long_strings_are_refused(harness: Harness) -> None:
         "/v1/triggers", json=TRIGGER, headers={**harness.auth, "Idempotency-Key": "k" * 201}
     )
     assert_refused(long_key, 422)
+    long_data = await harness.client.post(
+        "/v1/triggers", json={**TRIGGER, "data": {"note": "n" * 20_000}}, headers=harness.auth
+    )
+    assert_refused(long_data, 422)
+    assert long_data.json()["field"] == "data.note" and "longer than 10000 characters" in long_data.json()["error"]
     long_reason = await harness.client.post(
         "/v1/suppressions", json={"npi": JANE, "reason": "r" * 33}, headers=harness.auth
     )
@@ -215,3 +220,31 @@ async def test_signed_tokens_with_malformed_payloads_are_404(harness: Harness) -
                 response = await harness.client.request(method, path)
                 assert response.status_code in (404, 405), (payload, path, method, response.status_code)
     assert await count(harness, suppressions) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--npi", "١٢٣٤٥٦٧٨٩٣"], "--npi: npi must be 10 digits"),
+        (["--npi", "123456789²"], "--npi: npi must be 10 digits"),
+        (["--npi", JANE, "--data", '{"x": NaN}'], "--data: the value is not valid JSON: NaN is not a JSON number"),
+        (["--npi", JANE, "--data", '{"x": "\\ud800"}'], "--data: lone UTF-16 surrogates are not allowed"),
+        (["--npi", JANE, "--data", '{"x": "a\\u0000"}'], "--data: NUL characters are not allowed"),
+        (["--npi", JANE, "--data", "[" * 100 + "]" * 100], "--data: the value is nested deeper than 32 levels"),
+    ],
+)
+async def test_the_cli_trigger_refuses_what_the_api_refuses(harness: Harness, tmp_path: Any, args: list[str], reason: str) -> None:
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from trigger_email.cli import app
+
+    config = tmp_path / "trigger-email.yaml"
+    config.write_text(BASE_CONFIG)
+    settings = harness.rt.settings
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "SECRET_KEY": settings.secret_key,
+           "TRIGGER_EMAIL_CONFIG": str(config), "COLUMNS": "200"}
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["trigger", *args, "--campaign", "asthma-launch"], env=env)
+    assert result.exit_code == 2 and reason in result.output, result.output
+    assert await count(harness, triggers) == 0

@@ -221,18 +221,18 @@ def at(text: str) -> datetime:
 
 def test_contact_property_change(connector: HubSpotConnector) -> None:
     e = one(connector, "contact_property_change.json")
-    assert (e.event, e.event_key, e.object_id, e.changed) == ("record_change", "3816279340", "1246965", {"npi": "1234567893"})
+    assert (e.event, e.event_key, e.object_id, e.changed) == ("record_change", "62515:2141541:3816279340", "1246965", {"npi": "1234567893"})
     assert e.fields == {"npi": "1234567893"} and e.occurred_at == at("2026-01-05T08:59:00") and e.payload["changeSource"] == "CRM_UI"
 
 
 def test_contact_creation(connector: HubSpotConnector) -> None:
     e = one(connector, "contact_creation.json")
-    assert (e.event, e.event_key, e.object_id, e.changed) == ("created", "567890123", "65059681032", {})
+    assert (e.event, e.event_key, e.object_id, e.changed) == ("created", "62515:234567:567890123", "65059681032", {})
 
 
 def test_contact_deletion(connector: HubSpotConnector) -> None:
     e = one(connector, "contact_deletion.json")
-    assert (e.event, e.event_key, e.object_id) == ("deleted", "1725358293", "1246977")
+    assert (e.event, e.event_key, e.object_id) == ("deleted", "62515:234568:1725358293", "1246977")
 
 
 def test_contact_merge(connector: HubSpotConnector) -> None:
@@ -243,7 +243,8 @@ def test_contact_merge(connector: HubSpotConnector) -> None:
 def test_webhooks_batch_keeps_contact_events_only(connector: HubSpotConnector) -> None:
     events = parse(connector, "webhooks_batch.json")
     assert [(e.event_key, e.event) for e in events] == [
-        ("3816279341", "record_change"), ("3816279342", "record_change"), ("3816279343", "created"), ("3816279346", "record_change"),
+        ("62515:2141541:3816279341", "record_change"), ("62515:2141542:3816279342", "record_change"),
+        ("62515:234567:3816279343", "created"), ("62515:234572:3816279346", "record_change"),
     ]
     assert events[1].changed == {"interest": "Asthma"} and events[3].changed == {"specialty": "Pulmonary Disease"}
 
@@ -285,6 +286,22 @@ def test_workflow_custom_event_name_is_honoured(connector: HubSpotConnector) -> 
 def test_same_workflow_body_gives_same_key(connector: HubSpotConnector) -> None:
     first, again = (one(connector, "workflow_custom.json") for _ in range(2))
     assert first.event_key == again.event_key
+
+
+def test_the_same_event_id_from_another_subscription_or_portal_is_another_event(connector: HubSpotConnector) -> None:
+    [event] = json.loads(fixture("contact_creation.json"))
+    twins = [event, {**event, "subscriptionId": 999}, {**event, "portalId": 77}, {**event, "attemptNumber": 3}]
+    keys = [e.event_key for e in connector.parse(inbound(json.dumps(twins).encode()))]
+    assert keys == ["62515:234567:567890123", "62515:999:567890123", "77:234567:567890123", "62515:234567:567890123"]
+
+
+def test_an_event_without_its_ids_is_keyed_by_its_content_less_the_attempt(connector: HubSpotConnector) -> None:
+    [event] = json.loads(fixture("contact_creation.json"))
+    bare = {key: value for key, value in event.items() if key not in ("eventId", "subscriptionId")}
+    first, retry, other = connector.parse(inbound(json.dumps(
+        [bare, {**bare, "attemptNumber": 2}, {**bare, "objectId": 1}]
+    ).encode()))
+    assert first.event_key.startswith("sha256:") and first.event_key == retry.event_key != other.event_key
 
 
 def test_more_than_100_events_is_a_bad_request(connector: HubSpotConnector) -> None:

@@ -312,6 +312,19 @@ async def test_redelivered_batch_is_acknowledged_and_sends_nothing_again(harness
     assert len(harness.smtp.messages) == 3 and await fire(harness, retry) == first
 
 
+async def test_same_event_id_on_two_subscriptions_is_processed_twice_and_each_redelivery_once(harness: Harness) -> None:
+    """HubSpot documents eventId as not guaranteed unique: it is only unique with the portal
+    and the subscription."""
+    [one_sub] = interest_changed("1246965", event_id=7000)
+    other_sub = {**one_sub, "subscriptionId": 2141599, "objectId": 1246999}
+    response = await deliver(harness, [one_sub, other_sub])
+    assert response.json() == {"received": 2, "duplicates": 0}
+    again = await deliver(harness, [{**one_sub, "attemptNumber": 1}, {**other_sub, "attemptNumber": 2}])
+    assert again.json() == {"received": 0, "duplicates": 2}
+    await drain(harness.rt)
+    assert sorted(e["event_key"] for e in await stored_events(harness)) == [f"{PORTAL}:2141542:7000", f"{PORTAL}:2141599:7000"]
+
+
 async def test_redelivered_workflow_body_is_recognised_by_its_hash(harness: Harness) -> None:
     body = fixture("workflow_custom.json")
     await fire(harness, body)
@@ -400,6 +413,22 @@ async def test_contact_without_npi_is_recorded_as_invalid_npi(harness: Harness, 
     assert len(fake.requests) == 1 and harness.smtp.messages == []
     await drain(harness.rt)  # nothing left to retry
     assert len(fake.requests) == 1
+
+
+async def test_a_contact_fetch_rate_limited_past_its_wait_pauses_pushes_too(harness: Harness, fake: FakeHubSpot) -> None:
+    """HubSpot's limit is per app: a 429 on a read also holds back the writes."""
+    from core.clock import iso
+
+    await fire(harness, interest_changed("1246965"))
+    fake.rate_limit(2, retry_after="9")
+    await fire(harness, interest_changed("1246999", event_id=6000))
+    assert [e["status"] for e in await stored_events(harness)] == ["done", "pending"], "the event waits its turn"
+    waited = harness.clock.now()
+    assert (await outbox(harness))["paused"] == {"hubspot": iso(waited + timedelta(seconds=9))}
+    assert await push(harness) == {"pushed": 0, "retried": 0, "dead": 0}
+    assert fake.calls(EMAILS) == []
+    harness.clock.advance(timedelta(seconds=9))
+    assert (await push(harness))["pushed"] == 1
 
 
 async def test_rate_limited_contact_fetch_is_waited_out(harness: Harness, fake: FakeHubSpot) -> None:

@@ -33,6 +33,8 @@ app.add_typer(apikey_app, name="apikey")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(db_app, name="db")
 app.add_typer(suppress_app, name="suppress")
+messages_app = typer.Typer(help="Messages: settle the ones whose delivery is unknown.", no_args_is_help=True)
+app.add_typer(messages_app, name="messages")
 user_app = typer.Typer(help="Dashboard users (email and password).", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 
@@ -244,10 +246,12 @@ def trigger(
     if problem:
         err.print(f"--npi: {problem}", highlight=False)
         raise typer.Exit(2)
+    from webhooks.common import HTTPProblem, parse_json
+
     try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        err.print(f"--data: not valid JSON: {exc}", highlight=False)
+        payload = parse_json(data)
+    except HTTPProblem as exc:
+        err.print(f"--data: {exc.reason.replace('body', 'the value')}", highlight=False, markup=False)
         raise typer.Exit(2) from None
     if not isinstance(payload, dict):
         err.print("--data: must be a JSON object", highlight=False)
@@ -375,6 +379,34 @@ def suppress_list() -> None:
     out.print(table)
 
 
+@messages_app.command("resolve")
+def messages_resolve(
+    message_id: str = typer.Argument(..., metavar="ID", help="The message id (msg_…), as GET /v1/triggers/{id} shows it."),
+    verdict: str = typer.Argument(..., metavar="sent|resend", help="sent: it was delivered; resend: it was not, send it again."),
+) -> None:
+    """Settle a message whose delivery is `unknown` (its SMTP transaction was cut off)."""
+    from core.sending import NotUnknown, resolve_message
+
+    if verdict not in ("sent", "resend"):
+        err.print(f"verdict: expected sent or resend, got {verdict!r}", highlight=False, markup=False)
+        raise typer.Exit(2)
+
+    async def go() -> dict[str, Any]:
+        rt = await _runtime(redis=True)
+        try:
+            return await resolve_message(rt, message_id, verdict)
+        finally:
+            await rt.aclose()
+
+    try:
+        result = run(go())
+    except NotUnknown as error:
+        err.print(f"ID: {error}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    done = "recorded as sent" if verdict == "sent" else "queued to be sent again"
+    print(f"message {message_id} {done} (trigger {result['trigger_id']})")
+
+
 @user_app.command("create")
 def user_create(
     email: str = typer.Argument(..., metavar="EMAIL", help="The address the user logs in with."),
@@ -472,14 +504,12 @@ def serve(
 @app.command("worker")
 def worker() -> None:
     """Run an arq worker: decisions, sends, CRM events, the due-work sweep and the CRM pusher."""
-    from arq.worker import run_worker
-
-    from workers.settings import WorkerSettings
+    from workers.settings import run as run_worker
 
     settings = _production_settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_worker()
 
 
 @app.command("bounces")

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from core.campaigns import describe, is_paused, paused_ids, set_paused
 from core.npi import npi_problem
-from core.triggers import IdempotencyMismatch, accept_trigger, trigger_view
+from core.triggers import IdempotencyMismatch, accept_trigger, storage_problem, trigger_view
 from webhooks.common import HTTPProblem, api_key_required, problem, read_json, runtime
 
 
@@ -36,6 +36,10 @@ def validate_trigger(body: Any, config: Any) -> tuple[str, str, dict[str, Any]]:
         data = {}
     if not isinstance(data, dict):
         raise HTTPProblem(422, "data must be a JSON object", "data")
+    for key, value in data.items():
+        problem = storage_problem(key) or storage_problem(value)
+        if problem:
+            raise HTTPProblem(422, f"data.{key[:60]}: {problem}", f"data.{key[:60]}")
     unknown = set(body) - {"npi", "campaign_id", "data"}
     if unknown:
         raise HTTPProblem(422, f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])

@@ -11,7 +11,7 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Route
 
 from core.console import (
-    OUTCOMES, BadQuery, TriggerFilter, campaign_figures, get_event, list_events, list_triggers, parse_time, trigger_detail,
+    OUTCOMES, BadQuery, TriggerFilter, campaign_figures, list_triggers, parse_time, trigger_detail,
 )
 from webhooks.common import HTTPProblem, api_key_required, problem, runtime
 
@@ -90,52 +90,6 @@ async def trigger_trail(request: Request) -> Response:
 
 
 @api_key_required
-async def events_log(request: Request) -> Response:
-    """
-    summary: "Inbound CRM events, newest first: filter by source, status, from, to; cursor pagination"
-    parameters:
-      - {in: query, name: source, schema: {type: string}}
-      - {in: query, name: status, schema: {type: string, enum: [pending, processing, done, failed]}}
-      - {in: query, name: from, schema: {type: string, format: date-time}}
-      - {in: query, name: to, schema: {type: string, format: date-time}}
-      - {in: query, name: cursor, schema: {type: string}}
-      - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 200, default: 50}}
-    responses:
-      200: {description: "{events: [{id, source, event_key, status, event, duplicates, result, trigger_ids, why_none}], next_cursor}"}
-      422: {description: "Invalid filter: {error, field}"}
-    """
-    query = request.query_params
-    status = query.get("status") or None
-    if status and status not in ("pending", "processing", "done", "failed"):
-        raise HTTPProblem(422, "status must be pending, processing, done or failed", "status")
-    page, following = await _bad_query(_events)(request, status)
-    return JSONResponse({"events": page, "next_cursor": following})
-
-
-async def _events(request: Request, status: str | None) -> Any:
-    query = request.query_params
-    return await list_events(
-        runtime(request).db, source=query.get("source") or None, status=status, start=parse_time(query.get("from"), "from"),
-        end=parse_time(query.get("to"), "to"), cursor=query.get("cursor") or None, limit=_limit(request),
-    )
-
-
-@api_key_required
-async def event_detail(request: Request) -> Response:
-    """
-    summary: One inbound CRM event with its payload, duplicates, and the triggers it made or why none
-    responses:
-      200: {description: "{id, source, event_key, status, payload, duplicates, result, trigger_ids, why_none}"}
-      404: {description: No such event}
-    """
-    text = request.path_params["event_id"]
-    view = await get_event(runtime(request).db, int(text)) if text.isdigit() else None
-    if view is None:
-        return problem(404, "no such event")
-    return JSONResponse(view)
-
-
-@api_key_required
 async def campaign_stats(request: Request) -> Response:
     """
     summary: "A campaign's figures: totals (in [from, to) when given) and a series per hour or day, computed in SQL"
@@ -191,7 +145,6 @@ _describe_post()
 routes = [
     Route("/v1/triggers", TriggerCollection),
     Route("/v1/triggers/{trigger_id}/trail", trigger_trail, methods=["GET"]),
-    Route("/v1/events", events_log, methods=["GET"]),
-    Route("/v1/events/{event_id}", event_detail, methods=["GET"]),
+    # GET /v1/events and /v1/events/{id} are served by webhooks.events, from core.console.
     Route("/v1/campaigns/{campaign_id}/stats", campaign_stats, methods=["GET"]),
 ]

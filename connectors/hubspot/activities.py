@@ -11,7 +11,6 @@ belongs to, so one bad record does not fail the other 99.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 from dataclasses import dataclass
@@ -69,10 +68,7 @@ def unpushable(activity: Activity) -> str | None:
 
 
 def reference(activity: Activity) -> str:
-    """The activity's mark on the engagement: the same on every try, different for every
-    activity of every installation (it hashes the outbox key: message id, kind, link)."""
-    key = activity.key or f"{activity.message_id}:{activity.kind}:{activity.id}"
-    return "te" + hashlib.sha256(key.encode()).hexdigest()[:14]
+    return activity.reference
 
 
 def body_property(object_type: ObjectType) -> str:

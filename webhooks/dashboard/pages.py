@@ -276,7 +276,7 @@ async def event_page(request: Request) -> Response:
         return render(request, "error.html", {"title": "Not found", "message": "No such event."}, status=404)
     return render(request, "event.html", {"title": f"Event #{event['id']}", "e": event,
                                           "rule_text": lambda index: rule_in_words(runtime(request).config, index),
-                                          "payload": json.dumps(event["payload"], indent=2, default=str)})
+                                          "payload": json.dumps(event["event"], indent=2, default=str)})
 
 
 # -- CRM outbox ------------------------------------------------------------------------------
