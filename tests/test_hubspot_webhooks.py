@@ -318,9 +318,9 @@ async def test_same_event_id_on_two_subscriptions_is_processed_twice_and_each_re
     [one_sub] = interest_changed("1246965", event_id=7000)
     other_sub = {**one_sub, "subscriptionId": 2141599, "objectId": 1246999}
     response = await deliver(harness, [one_sub, other_sub])
-    assert response.json() == {"received": 2, "duplicates": 0}
+    assert response.json() == {"received": 2, "duplicates": 0, "event_ids": [1, 2]}
     again = await deliver(harness, [{**one_sub, "attemptNumber": 1}, {**other_sub, "attemptNumber": 2}])
-    assert again.json() == {"received": 0, "duplicates": 2}
+    assert again.json() == {"received": 0, "duplicates": 2, "event_ids": [1, 2]}
     await drain(harness.rt)
     assert sorted(e["event_key"] for e in await stored_events(harness)) == [f"{PORTAL}:2141542:7000", f"{PORTAL}:2141599:7000"]
 
