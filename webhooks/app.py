@@ -17,13 +17,13 @@ from webhooks import api, console_api, dev, health
 
 
 def all_routes(*, dev_routes: bool) -> list[BaseRoute]:
-    from webhooks import admin, events, hubspot, salesforce, tracking
+    from webhooks import admin, deliverability, events, hubspot, salesforce, tracking
     from webhooks.dashboard import pages as dashboard
 
     # Tracking first: pixel loads are the most frequent requests by far.
     routes: list[BaseRoute] = [
         *tracking.routes, *health.routes, *api.routes, *console_api.routes, *admin.routes, *hubspot.routes,
-        *salesforce.routes, *events.routes, *dashboard.routes,
+        *salesforce.routes, *events.routes, *deliverability.routes, *dashboard.routes,
     ]
     if dev_routes:
         routes += dev.routes

@@ -58,8 +58,8 @@ async def triggers_log(request: Request) -> Response:
       - {in: query, name: campaign_id, schema: {type: string}}
       - {in: query, name: status, schema: {type: string}}
       - {in: query, name: source, schema: {type: string}}
-      - {in: query, name: from, schema: {type: string, format: date-time}}
-      - {in: query, name: to, schema: {type: string, format: date-time}}
+      - {in: query, name: from, schema: {type: string, description: "ISO 8601 date or date-time, UTC when no zone"}}
+      - {in: query, name: to, schema: {type: string, description: "ISO 8601 date or date-time, UTC when no zone"}}
       - {in: query, name: cursor, schema: {type: string}}
       - {in: query, name: limit, schema: {type: integer, minimum: 1, maximum: 200, default: 50}}
     responses:
@@ -94,8 +94,8 @@ async def campaign_stats(request: Request) -> Response:
     """
     summary: "A campaign's figures: totals (in [from, to) when given) and a series per hour or day, computed in SQL"
     parameters:
-      - {in: query, name: from, schema: {type: string, format: date-time}}
-      - {in: query, name: to, schema: {type: string, format: date-time}}
+      - {in: query, name: from, schema: {type: string, description: "ISO 8601 date or date-time, UTC when no zone"}}
+      - {in: query, name: to, schema: {type: string, description: "ISO 8601 date or date-time, UTC when no zone"}}
       - {in: query, name: interval, schema: {type: string, enum: [hour, day], default: day}}
     responses:
       200: {description: "{triggers, outcomes, sent, delivered, hard_bounced, soft_bounced, opened, machine_opened, clicked, unsubscribed, complaints, rates, series}"}

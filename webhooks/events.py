@@ -40,8 +40,8 @@ async def list_events(request: Request) -> Response:
     parameters:
       - {in: query, name: status, required: false, schema: {type: string, enum: [pending, processing, done, failed]}}
       - {in: query, name: source, required: false, schema: {type: string, maxLength: 32}}
-      - {in: query, name: from, required: false, schema: {type: string, format: date-time}}
-      - {in: query, name: to, required: false, schema: {type: string, format: date-time}}
+      - {in: query, name: from, required: false, schema: {type: string, description: "ISO 8601 date or date-time, UTC when no zone"}}
+      - {in: query, name: to, required: false, schema: {type: string, description: "ISO 8601 date or date-time, UTC when no zone"}}
       - {in: query, name: cursor, required: false, schema: {type: string}}
       - {in: query, name: limit, required: false, schema: {type: integer, minimum: 1, maximum: 500}}
     responses:

@@ -55,6 +55,9 @@ async def metrics(request: Request) -> Response:
     if refusal is not None:
         return refusal
     await STATE.refresh(rt)
+    from webhooks.deliverability import DELIVERABILITY
+
+    await DELIVERABILITY.refresh(rt)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -85,7 +88,9 @@ async def openapi(request: Request) -> Response:
     responses:
       200: {description: OpenAPI 3 document}
     """
-    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+    from webhooks.openapi import complete
+
+    return JSONResponse(complete(schemas.get_schema(routes=request.app.routes)))
 
 
 class StateCollector:

@@ -2,7 +2,7 @@
 the trigger log and the campaign figures over time.
 
 Revision ID: 0009
-Revises: 0004
+Revises: 0007
 """
 
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ from alembic import op
 from core.db import UTCDateTime
 
 revision = "0009"
-down_revision = "0004"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
