@@ -102,6 +102,8 @@ async def test_events_log_and_one_event(harness: Harness) -> None:
     one = (await harness.client.get(f"/v1/events/{stored.ids[0]}", headers=harness.auth)).json()
     assert one["event"]["event_key"] == "evt-0" and one["event_type"] == "form_submission" and one["source"] == "hubspot"
     assert (await harness.client.get("/v1/events/999999", headers=harness.auth)).status_code == 404
+    too_big = await harness.client.get(f"/v1/events/{2**31}", headers=harness.auth)  # beyond the id column
+    assert (too_big.status_code, too_big.json()["error"]) == (404, "no such event")
     assert (await harness.client.get("/v1/events", params={"status": "nope"}, headers=harness.auth)).json()["field"] == "status"
     assert (await harness.client.get("/v1/events", params={"source": "salesforce"}, headers=harness.auth)).json()["events"] == []
 

@@ -12,6 +12,9 @@ from core.console import BadQuery, get_event as read_event, list_events as read_
 from webhooks.common import api_key_required, problem, runtime
 
 STATUSES = ("pending", "processing", "done", "failed")
+MAX_EVENT_ID = 2**31 - 1
+"""Event ids are a 32-bit INTEGER column: a larger number names no event (and PostgreSQL
+would refuse it as a query argument)."""
 
 
 @api_key_required
@@ -19,13 +22,13 @@ async def get_event(request: Request) -> Response:
     """
     summary: One inbound CRM event, its status and result (or the error it failed with), the triggers it made
     parameters:
-      - {in: path, name: event_id, required: true, schema: {type: integer}}
+      - {in: path, name: event_id, required: true, schema: {type: integer, minimum: 0, maximum: 2147483647}}
     responses:
       200: {description: "{id, source, event_key, status, event_type, result, attempts, received_at, processed_at, due_at, duplicates, trigger_ids, triggers, why_none, event}"}
       404: {description: No such event}
     """
     raw = request.path_params["event_id"]
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+    if not (raw.isascii() and raw.isdigit() and int(raw) <= MAX_EVENT_ID):
         return problem(404, "no such event")
     view = await read_event(runtime(request).db, int(raw))
     if view is None:
