@@ -124,7 +124,7 @@ async def test_health_and_metrics(harness: Harness) -> None:
     health = await harness.client.get("/health")
     assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
     await harness.send()
-    metrics = (await harness.client.get("/metrics")).text
+    metrics = (await harness.client.get("/metrics", headers=harness.auth)).text
     assert 'trigger_email_triggers_total{outcome="queued"}' in metrics
     assert 'trigger_email_message_states{status="sent"} 1.0' in metrics
 

@@ -2,7 +2,7 @@
 of each message, A/B decisions, and the HCP's time zone for quiet hours.
 
 Revision ID: 0008
-Revises: 0007
+Revises: 0009
 """
 
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ from alembic import op
 from core.db import UTCDateTime
 
 revision = "0008"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
