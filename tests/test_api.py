@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sqlalchemy import func, select
 
 from core.db import triggers
 from tests.harness import JANE, Harness
+
+pytestmark = pytest.mark.default_backend
 
 
 async def stored_triggers(h: Harness) -> int:

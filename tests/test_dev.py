@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.default_backend]
 
 
 def start_dev(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:

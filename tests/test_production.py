@@ -3,6 +3,8 @@ configured only by the environment, sharing the database and Redis."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import os
 import signal
@@ -14,6 +16,8 @@ from pathlib import Path
 import httpx
 
 from tests.harness import BASE_CONFIG, JANE, Harness, free_port
+
+pytestmark = pytest.mark.default_backend
 
 
 async def test_serve_and_worker_processes_deliver_a_trigger(harness: Harness, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from core.mailer import Mailer, OutgoingEmail, SmtpTarget
 from tests.harness import JANE, Harness, SmtpSink, free_port
 
+pytestmark = pytest.mark.default_backend
+
 
 async def test_5xx_on_rcpt_marks_the_address_and_tries_the_next(harness: Harness) -> None:
     harness.smtp.reject["jane.doe@clinic.example"] = "550 5.1.1 No such user"

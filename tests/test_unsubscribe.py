@@ -12,6 +12,8 @@ from bs4 import BeautifulSoup
 from tests.harness import BASE_CONFIG, JANE, MEI, Harness
 from tests.test_tracking import html_of, sent_email
 
+pytestmark = pytest.mark.default_backend
+
 PUBLIC = "https://trigger.pharma.example"
 ONE_CLICK = {"content-type": "application/x-www-form-urlencoded"}
 

@@ -18,6 +18,8 @@ from core.triggers import accept_trigger
 from tests.harness import JANE, SmtpSink, drain, load_directory, make_config
 from workers.settings import make_worker
 
+pytestmark = pytest.mark.default_backend
+
 FAST = """
 public_url: https://trigger.pharma.example
 sender: {from: "Medical Information <medinfo@pharma.example>"}
