@@ -8,8 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +15,6 @@ from email.utils import format_datetime
 from typing import Any, Iterator
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,7 +23,7 @@ from starlette.routing import Route
 
 from core.db import messages
 from core.outbox import push_outbox, record_activity
-from tests.harness import BASE_CONFIG, JANE, Harness, free_port
+from tests.harness import BASE_CONFIG, JANE, Harness, ThreadedServer
 from tests.test_tracking import HUMAN_UA, click, eventually, open_email, pixel_url, sent_email, tracked_links
 from tests.test_unsubscribe import one_click
 
@@ -81,23 +78,14 @@ class Receiver:
 @pytest.fixture(scope="module")
 def receiver_server() -> Iterator[Receiver]:
     receiver = Receiver()
-    port = free_port()
-    receiver.url = f"http://127.0.0.1:{port}/crm/activities"
 
     async def dispatch(request: Request) -> Response:
         return await receiver.endpoint(request)
 
-    app = Starlette(routes=[Route("/crm/activities", dispatch, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the receiver did not start"
-        time.sleep(0.02)
+    server = ThreadedServer(Starlette(routes=[Route("/crm/activities", dispatch, methods=["POST"])])).start()
+    receiver.url = f"{server.url}/crm/activities"
     yield receiver
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.stop()
 
 
 @pytest.fixture

@@ -299,6 +299,7 @@ def suppress_list() -> None:
 def serve(
     host: str = typer.Option("0.0.0.0", "--host"),
     port: int = typer.Option(8000, "--port"),
+    fd: Optional[int] = typer.Option(None, "--fd", help="Serve on this inherited, already listening socket (socket activation) instead of --host/--port."),
 ) -> None:
     """Run the HTTP service (webhooks, trigger API, tracking) with uvicorn."""
     import uvicorn
@@ -308,7 +309,7 @@ def serve(
     settings = _settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
-    uvicorn.run(create_app(), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True)
+    uvicorn.run(create_app(), host=host, port=port, fd=fd, log_level=settings.log_level.lower(), proxy_headers=True)
 
 
 @app.command("worker")
@@ -338,7 +339,8 @@ def bounces(
     async def go() -> None:
         rt = await _runtime(redis=True)
         server = await start_bounce_listener(rt, host, port)
-        out.print(f"Listening for bounces on smtp://{host}:{port}", highlight=False)
+        bound = server.sockets[0].getsockname()[1] if server.sockets else port  # --port 0: the kernel's pick
+        out.print(f"Listening for bounces on smtp://{host}:{bound}", highlight=False)
         try:
             await server.serve_forever()
         finally:
