@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -282,11 +283,24 @@ async def test_a_client_error_dead_letters_the_batch_at_once(harness: Harness, r
 
 
 async def test_the_worker_cron_job_pushes(harness: Harness, receiver: Receiver) -> None:
-    from workers.jobs import push_activities
+    """Nothing calls the push: the real arq worker's cron (every 2 s) picks the row up."""
+    from workers.settings import make_worker
 
     await sent_email(harness)
-    assert await push_activities({"runtime": harness.rt}) == {"pushed": 1, "retried": 0, "dead": 0}
+    assert receiver.activities == []
+    worker = make_worker(harness.rt, handle_signals=False)
+    task = asyncio.create_task(worker.main())
+    try:
+        deadline = time.monotonic() + 30
+        while not receiver.activities or (await outbox(harness, "pending"))["items"]:
+            assert not task.done(), task
+            assert time.monotonic() < deadline, "the cron never pushed"
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert [a["kind"] for a in receiver.activities] == ["sent"]
+    assert len(receiver.calls) == 1
 
 
 async def test_a_burst_of_hits_makes_one_row_per_fact(harness: Harness, receiver: Receiver) -> None:
