@@ -60,7 +60,7 @@ async def build_runtime(
     return Runtime(
         settings=settings,
         config=config,
-        db=Database(settings.database_url),
+        db=Database(settings.database_url, pgbouncer=settings.database_pgbouncer),
         clock=clock or Clock(),
         queue=JobQueue(redis),
         mailer=Mailer(SmtpTarget.from_url(settings.smtp_url, timeout=settings.smtp_timeout), dkim=dkim_signer(config)),

@@ -111,7 +111,7 @@ def directory_import(file: Path = typer.Argument(..., exists=True, dir_okay=Fals
     from core.directory import DirectoryFileError, import_csv
 
     async def go() -> Any:
-        db = Database(_settings().database_url)
+        db = Database(_settings().database_url, pgbouncer=_settings().database_pgbouncer)
         size = file.stat().st_size
         with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err) as progress:
             task = progress.add_task("import", total=size)
@@ -140,7 +140,7 @@ def apikey_create(name: str = typer.Argument(..., help="Who uses the key, e.g. '
     from core.db import Database
 
     async def go() -> str:
-        db = Database(_settings().database_url)
+        db = Database(_settings().database_url, pgbouncer=_settings().database_pgbouncer)
         try:
             return await create_key(db, name, Clock().now())
         finally:
@@ -224,7 +224,7 @@ def db_upgrade() -> None:
     from core.schema import upgrade
 
     async def go() -> tuple[str | None, str | None]:
-        db = Database(_settings().database_url)
+        db = Database(_settings().database_url, pgbouncer=_settings().database_pgbouncer)
         try:
             return await upgrade(db)
         finally:
