@@ -322,7 +322,29 @@ def worker() -> None:
     settings = _settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    _run_worker_through_redis_outages(lambda: run_worker(WorkerSettings))  # type: ignore[arg-type]
+
+
+def _run_worker_through_redis_outages(run: Any, pause: float = 2.0) -> None:
+    """arq's worker stops when Redis goes away (a restart, a failover). Nothing is lost: the
+    database holds the work and the sweep re-enqueues it, so start the worker again once
+    Redis answers instead of leaving the process dead until a supervisor notices."""
+    import signal
+    import time
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    while True:
+        try:
+            run()
+            return
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+            logging.getLogger("trigger_email.worker").warning("Redis unavailable (%s); starting the worker again in %.0f s", exc, pause)
+            # arq's handlers live on a loop that is not running now: let SIGTERM/SIGINT stop us.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            time.sleep(pause)
 
 
 @app.command("bounces")
