@@ -4,7 +4,7 @@
 Two uvicorn servers, each in its own process, on real HTTP:
 
 * `app`:  trigger-email as `serve` runs it (`webhooks.app:create_app`, configured from the
-  environment): v3 signature check, parse, store (dedupe on eventId), enqueue one arq job
+  environment): v3 signature check, parse, store (dedupe on portalId:subscriptionId:eventId), enqueue one arq job
   per new event, then 200;
 * `bare`: a plain Starlette endpoint that decodes the body and inserts the same rows with the
   same statement, in one transaction, and nothing else: the cost of HTTP + JSON + database
@@ -229,7 +229,7 @@ async def run(args: argparse.Namespace) -> int:
         for url in stores.values():
             await create_database(url)
         for kind, url in stores.items():
-            servers[kind] = start_server(kind, app_env(url, redis, config_file, "bench-secret-key"))
+            servers[kind] = start_server(kind, app_env(url, redis, config_file, "bench-secret-key-of-at-least-32-characters"))
         wait_listening(servers.values(), timeout=30)
         phase, results, latencies = await compare(
             servers, Events, args, batch=BATCH, ids=10**9, deadline=deadline, teardown=5

@@ -140,7 +140,7 @@ async def serve(kind: str, port: int, database_url: str, schema: str | None, red
     db = database(database_url, schema)
     if kind == "app":
         config = parse_config(CONFIG, base=ROOT, env={})
-        settings = Settings(database_url=database_url, redis_url=redis_url, secret_key="bench-secret-key")
+        settings = Settings(database_url=database_url, redis_url=redis_url, secret_key="bench-secret-key-of-at-least-32-characters")
         rt = await build_runtime(settings, config=config)
         await rt.db.dispose()
         rt.db = db

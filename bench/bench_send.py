@@ -88,7 +88,7 @@ async def main(count: int) -> None:
     assert ready == "ready"
     smtp_url = f"smtp://127.0.0.1:{port}"
     rt = await build_runtime(
-        Settings(database_url=url, redis_url=redis, smtp_url=smtp_url, secret_key="bench"),
+        Settings(database_url=url, redis_url=redis, smtp_url=smtp_url, secret_key="bench-secret-key-of-at-least-32-characters"),
         config=parse_config(CONFIG, base=Path(".")),
     )
     await upgrade(rt.db)

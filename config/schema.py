@@ -73,6 +73,9 @@ class HubSpotConfig(Strict):
     base_url: str = "https://api.hubapi.com"
     use_contact_email: bool = False
     contact_cache_ttl: Duration = timedelta(seconds=60)
+    activity_id_property: str | None = None
+    """A custom single-line text property created on HubSpot's email and note objects; each
+    engagement written carries its activity reference there, and a retry finds it by it."""
 
 
 class SalesforceConfig(Strict):
@@ -89,6 +92,9 @@ class SalesforceConfig(Strict):
     api_version: str = "59.0"
     use_record_email: bool = False
     record_cache_ttl: Duration = timedelta(seconds=60)
+    activity_id_field: str | None = None
+    """A custom External ID + Unique text field on Task (e.g. `Trigger_Email_Activity__c`);
+    Tasks are then upserted on it, so a retried push updates instead of creating a second."""
 
 
 class WebhookConnectorConfig(Strict):

@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     send_max_attempts: int = 8
     """SMTP 4xx / connection errors are retried this many times with exponential backoff."""
     sending_stuck_after: float = 300.0
-    """A message left in `sending` longer than this (seconds) is marked `unknown`, never resent."""
+    """Only for rows claimed before leases existed (no `claimed_until`): left in `sending`
+    longer than this (seconds), they are marked `unknown`, never resent."""
     outbox_max_attempts: int = 8
+    claim_lease: float = 15.0
+    """Seconds a worker's claim on a message lasts unless renewed (it renews every third of
+    it while alive): after a SIGKILL, a message whose SMTP transaction never started is back
+    in `queued` this long after the last renewal."""
+    shutdown_grace: float = 20.0
+    """On SIGTERM, how long a worker lets SMTP transactions in flight finish before it stops."""
+    trigger_max_attempts: int = 5
+    """A decision that raises an unexpected error is retried with backoff this many times."""
     dev: bool = False

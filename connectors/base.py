@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Mapping
 
 from config import Config, Settings
@@ -53,6 +54,21 @@ class ContactInfo:
     fields: dict[str, Any] = field(default_factory=dict)
     email: str | None = None
     """The record's own address; joins the directory's candidates when the config says so."""
+
+
+CALL_MARGIN = timedelta(seconds=90)
+"""Longer than one CRM call can take with its timeouts and connection retries."""
+
+
+def lease_running_out(activities: list[Activity], now: datetime) -> bool:
+    """True when a call started now for `activities` could outlast their outbox lease, after
+    which another pusher may take them: the call is not made, so they are written once."""
+    ends = [activity.lease_until for activity in activities if activity.lease_until is not None]
+    return bool(ends) and now + CALL_MARGIN >= min(ends)
+
+
+def lease_expired(activities: list[Activity]) -> list[PushResult]:
+    return [PushResult(a.id, ok=False, error="not tried: the outbox lease was running out", retry_after=0.0) for a in activities]
 
 
 class Connector(ABC):

@@ -10,6 +10,7 @@ from typing import Any
 from connectors.base import Connector, CrmUnavailable
 from core.db import triggers
 from core.directory import add_address, get_hcp
+from core.errors import describe_error
 from core.inbound import claim_event, event_from_row, finish_event, retry_event
 from core.npi import npi_problem
 from core.rules import matching_rules
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 """30 s, 1, 2, 4, 8, 16, 32 min between attempts: a CRM outage of about an hour is ridden out."""
+UNEXPECTED_MAX_ATTEMPTS = 5
+"""An event whose processing raises an unexpected error: 30 s, 1, 2, 4 min between attempts."""
 
 
 def connectors_of(rt: Runtime) -> dict[str, Connector]:
@@ -30,8 +33,8 @@ async def process_event(rt: Runtime, event_id: int) -> str | None:
     row = await claim_event(rt, event_id)
     if row is None:
         return None
-    event = event_from_row(row["event"])
     try:
+        event = event_from_row(row["event"])
         result = await _process(rt, event)
     except CrmUnavailable as exc:
         if row["attempts"] < MAX_ATTEMPTS:
@@ -42,8 +45,14 @@ async def process_event(rt: Runtime, event_id: int) -> str | None:
         await finish_event(rt, event_id, "failed", f"after {row['attempts']} attempts: {exc}")
         return "failed"
     except Exception as exc:  # noqa: BLE001 - recorded on the event; the CRM was already answered
+        # Retried a bounded number of times with backoff (a bug fixed or a row unstuck by
+        # then goes through), then failed with the error as its result: never a loop.
         log.exception("inbound event %s failed", event_id)
-        await finish_event(rt, event_id, "failed", f"{type(exc).__name__}: {exc}")
+        error = describe_error(exc)
+        if row["attempts"] < UNEXPECTED_MAX_ATTEMPTS:
+            await retry_event(rt, event_id, f"attempt {row['attempts']}: {error}", timedelta(seconds=30 * 2 ** (row["attempts"] - 1)))
+            return "retry"
+        await finish_event(rt, event_id, "failed", f"after {row['attempts']} attempts: {error}")
         return "failed"
     await finish_event(rt, event_id, "done", result)
     return result

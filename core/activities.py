@@ -6,6 +6,7 @@ a connector `Activity`s and gets one `PushResult` per item back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -51,6 +52,24 @@ class Activity:
     object_type: str | None = None
     object_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    """Stable and unique across installations (message id, kind, link): what a connector
+    marks the CRM record with, so a retry can find what an earlier try already wrote."""
+    claim: int = 0
+    """Which take of the outbox row this is (1 for the first call to the CRM)."""
+    verify: bool = False
+    """An earlier call may have written this activity (its answer was lost, it failed with a
+    5xx, or its pusher died): the connector looks it up before creating it again."""
+    lease_until: datetime | None = None
+    """When another pusher may take this activity: a connector starts no CRM call for it
+    that could still be running then."""
+
+    @property
+    def reference(self) -> str:
+        """The activity's mark on the CRM record: the same on every try, different for every
+        activity of every installation (it hashes the outbox key: message id, kind, link)."""
+        key = self.key or f"{self.message_id}:{self.kind}:{self.id}"
+        return "te" + hashlib.sha256(key.encode()).hexdigest()[:14]
 
 
 @dataclass

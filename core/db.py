@@ -96,6 +96,8 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
+    # space-separated scopes: triggers:write, read, admin (revision 0005)
+    Column("scopes", String(200), nullable=False, server_default="triggers:write read admin"),
 )
 
 campaign_states = Table(
@@ -116,10 +118,15 @@ triggers = Table(
     Column("source", String(32), nullable=False, default="api"),
     Column("source_ref", JSON),
     Column("idempotency_key", String(255), unique=True),
+    # SHA-256 of the request an Idempotency-Key came with (revision 0005)
+    Column("request_hash", String(64)),
     Column("status", String(32), nullable=False),
     Column("reason", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Column("decided_at", UTCDateTime),
+    # bounded retries of a decision that raised (revision 0004)
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("due_at", UTCDateTime),
     Index("ix_triggers_status_created_at", "status", "created_at"),
 )
 
@@ -153,6 +160,12 @@ messages = Table(
     Column("bounce_reason", Text),
     Column("unsubscribed_at", UTCDateTime),
     Column("links", JSON),
+    # crash-safe sending (revision 0004): the claim's lease, renewed by the worker that holds
+    # it; when the SMTP transaction reached the point where the server may take the message;
+    # how many times the message was claimed (a fresh arq job id after each release)
+    Column("claimed_until", UTCDateTime),
+    Column("smtp_started_at", UTCDateTime),
+    Column("claim_seq", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_messages_trigger_id", "trigger_id"),
     Index("ix_messages_npi_campaign_id", "npi", "campaign_id"),
     Index("ix_messages_npi_created_at", "npi", "created_at"),
@@ -231,7 +244,22 @@ outbox = Table(
     Column("last_error", Text),
     Column("pushed_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("claims", Integer, nullable=False, default=0, server_default="0"),
+    # How many times a pusher took the row for a CRM call. `clean_claims` counts those known
+    # to have written nothing (refused, rate-limited); a row with fewer clean claims than
+    # earlier claims may already be on the CRM timeline, and is looked up before re-creating.
+    Column("clean_claims", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+crm_pauses = Table(
+    "crm_pauses",
+    metadata,
+    # A CRM that answered 429 / Retry-After: no pusher of any worker calls it before `until`.
+    Column("crm", String(32), primary_key=True),
+    Column("until", UTCDateTime, nullable=False),
+    Column("reason", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 rule_firings = Table(

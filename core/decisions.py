@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateError
@@ -24,6 +24,7 @@ from config import Campaign, Config, format_duration
 from core.campaigns import is_paused
 from core.db import hcp_emails, hcps, messages, new_id, triggers
 from core.directory import SOURCE_PRIORITY
+from core.errors import describe_error
 from core.npi import npi_problem
 from core.metrics import TRIGGERS
 from core.queue import SEND_MESSAGE
@@ -42,8 +43,6 @@ class Decision:
     status: str
     reason: str
     message_id: str | None = None
-    message: dict[str, Any] | None = None
-    """The new message row, when the decision already claimed it for sending."""
 
 
 def audience_problem(campaign: Campaign, hcp: dict[str, Any]) -> str | None:
@@ -90,7 +89,10 @@ _ADDRESS_BOOK = select(
 ).where(hcp_emails.c.npi == bindparam("npi"))
 _CLAIM_TRIGGER = (
     update(triggers)
-    .where(triggers.c.id == bindparam("trigger_id"), triggers.c.status == "pending")
+    .where(
+        triggers.c.id == bindparam("trigger_id"), triggers.c.status == "pending",
+        triggers.c.due_at.is_(None) | (triggers.c.due_at <= bindparam("now")),
+    )
     .values(decided_at=bindparam("now"))
     .returning(*triggers.c)
 )
@@ -123,19 +125,25 @@ async def pick_address(connection: AsyncConnection, npi: str, campaign: Campaign
 
 
 async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Decision | None:
-    """Decide a pending trigger; None when it was already decided (a duplicate job).
+    """Decide a pending trigger; None when it was already decided (a duplicate job) or not due.
 
-    With `send_now` the worker delivers in the same job: the message is created already
-    claimed (`sending`), which saves a transaction per email; a worker that dies before
-    delivering leaves it to become `unknown`, like any send interrupted mid-way. Otherwise
-    the message is `queued` and a send job is enqueued."""
-    async with rt.db.begin() as connection:
-        now = rt.clock.now()
-        trigger = (await connection.execute(_CLAIM_TRIGGER, {"trigger_id": trigger_id, "now": now})).mappings().first()
-        if trigger is None:
-            return None
-        decision = await _decide(connection, rt.config, trigger, now, claim=send_now)
-        await connection.execute(_SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason})
+    The message is created `queued`; it is claimed (`sending`) only once a worker holds an
+    SMTP connection for it. With `send_now` the caller sends it in the same job: the row
+    carries a lease (`claimed_until`) so the sweep does not enqueue it again while this
+    worker waits for a connection; a worker that dies lets the lease run out. Otherwise a
+    send job is enqueued."""
+    try:
+        async with rt.db.begin() as connection:
+            now = rt.clock.now()
+            trigger = (await connection.execute(_CLAIM_TRIGGER, {"trigger_id": trigger_id, "now": now})).mappings().first()
+            if trigger is None:
+                return None
+            lease_until = now + timedelta(seconds=rt.settings.claim_lease) if send_now else None
+            decision = await _decide(connection, rt.config, trigger, now, lease_until=lease_until)
+            await connection.execute(_SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason})
+    except Exception as exc:  # noqa: BLE001 - a poison trigger is retried a bounded number of times, then failed
+        log.exception("trigger %s: the decision raised", trigger_id)
+        return await decision_failed(rt, trigger_id, describe_error(exc))
     if decision.message_id and not send_now:
         await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
     TRIGGERS.labels(decision.status).inc()
@@ -143,7 +151,43 @@ async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Dec
     return decision
 
 
-async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, claim: bool) -> Decision:
+async def decision_failed(rt: Runtime, trigger_id: str, error: str) -> Decision | None:
+    """Record an unexpected error of a decision (rolled back): the trigger stays `pending`
+    and is due again after a backoff (30 s, 1 min, 2 min, …); after `trigger_max_attempts`
+    it ends `failed` with the error as its reason. None while it will be retried."""
+    now = rt.clock.now()
+    async with rt.db.begin() as connection:
+        row = (
+            await connection.execute(
+                update(triggers)
+                .where(triggers.c.id == trigger_id, triggers.c.status == "pending")
+                .values(attempts=triggers.c.attempts + 1)
+                .returning(triggers.c.attempts)
+            )
+        ).first()
+        if row is None:
+            return None
+        attempts = row[0]
+        if attempts >= rt.settings.trigger_max_attempts:
+            reason = f"after {attempts} attempt(s): {error}"
+            await connection.execute(
+                update(triggers).where(triggers.c.id == trigger_id)
+                .values(status="failed", reason=reason, decided_at=now, due_at=None)
+            )
+            TRIGGERS.labels("failed").inc()
+            log.warning("trigger %s failed: %s", trigger_id, reason)
+            return Decision("failed", reason)
+        due = now + timedelta(seconds=min(30 * 2 ** (attempts - 1), 3600))
+        await connection.execute(
+            update(triggers).where(triggers.c.id == trigger_id)
+            .values(due_at=due, reason=f"attempt {attempts} failed: {error}; next at {due:%Y-%m-%d %H:%M:%S} UTC")
+        )
+    return None
+
+
+async def _decide(
+    connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, lease_until: datetime | None = None
+) -> Decision:
     npi = trigger["npi"]
     problem = npi_problem(npi)
     if problem:
@@ -195,9 +239,7 @@ async def _decide(connection: AsyncConnection, config: Config, trigger: Any, now
     row: dict[str, Any] = {
         "id": new_id("msg"), "trigger_id": trigger["id"], "npi": npi, "campaign_id": campaign.id, "kind": "initial",
         "seq": 0, "to_address": address, "subject": rendered.subject, "html": rendered.html,
-        "status": "sending" if claim else "queued", "attempts": 1 if claim else 0, "claimed_at": now if claim else None,
-        "created_at": now,
+        "status": "queued", "attempts": 0, "claimed_until": lease_until, "created_at": now,
     }
     await connection.execute(messages.insert(), row)
-    row["source_ref"] = trigger["source_ref"]
-    return Decision("queued", f"queued to {address}", row["id"], row if claim else None)
+    return Decision("queued", f"queued to {address}", row["id"])

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import Database, hcp_emails, hcps, upsert
+from core.names import decode_encoded_words
 from core.npi import npi_problem
 
 COLUMNS = ["npi", "first_name", "last_name", "credential", "specialty", "state", "email"]
@@ -67,7 +69,29 @@ def _read_rows(handle: io.TextIOBase, report: ImportReport) -> Iterator[_Row]:
         yield _Row(line=reader.line_num, values={key: (value or "").strip() for key, value in values.items() if key})
 
 
+NAME_FIELDS = ("first_name", "last_name", "credential", "specialty")
+WIDTHS = {name: hcps.c[name].type.length for name in NAME_FIELDS}
+"""What the columns hold: a longer value is reported, never cut and never sent to the
+database (PostgreSQL would refuse the whole batch)."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _validate(row: _Row) -> str | None:
+    for name, value in row.values.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name} is not valid UTF-8"
+        if _CONTROL.search(value):
+            return f"{name} contains a control character (such as NUL)"
+    for name in NAME_FIELDS:
+        value = row.values.get(name, "")
+        if "=?" in value:
+            value = row.values[name] = decode_encoded_words(value)
+            if _CONTROL.search(value):
+                return f"{name} contains a control character (such as NUL)"
+        if len(value) > WIDTHS[name]:
+            return f"{name} is longer than {WIDTHS[name]} characters ({len(value)})"
     problem = npi_problem(row.values.get("npi", ""))
     if problem:
         return problem
@@ -92,7 +116,9 @@ async def import_csv(
 ) -> ImportReport:
     """Upsert the CSV at `path`; `progress(bytes_read)` is called once a batch."""
     report = ImportReport()
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    # Undecodable bytes become surrogates, so one bad row is reported by its line, not a
+    # UnicodeDecodeError that ends the import.
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         batch: list[_Row] = []
         for row in _read_rows(handle, report):
             problem = _validate(row)
@@ -113,6 +139,48 @@ async def import_csv(
 
 
 async def _write_batch(db: Database, batch: list[_Row], now: datetime, report: ImportReport) -> None:
+    """Write a batch in one transaction; if the database refuses it, write its rows one by
+    one, so every row it accepts goes in and each it refuses is reported by its line."""
+    try:
+        await _write_rows(db, batch, now, report)
+    except _REFUSED as exc:
+        if len(batch) == 1 or _connection_lost(exc):
+            raise
+        for row in batch:
+            try:
+                await _write_rows(db, [row], now, report)
+            except _REFUSED as row_exc:
+                if _connection_lost(row_exc):
+                    raise
+                report.skipped.append((row.line, f"refused by the database: {_short(row_exc)}"))
+        report.skipped.sort()
+
+
+def _refused_types() -> tuple[type[Exception], ...]:
+    try:
+        from asyncpg.exceptions import DataError, IntegrityConstraintViolationError
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return (DBAPIError,)
+    # COPY runs on the driver connection: its errors arrive unwrapped.
+    return (DBAPIError, DataError, IntegrityConstraintViolationError)
+
+
+_REFUSED = _refused_types()
+
+
+def _connection_lost(exc: Exception) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError)) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def _short(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+async def _write_rows(db: Database, batch: list[_Row], now: datetime, report: ImportReport) -> None:
     people: dict[str, dict[str, Any]] = {}
     addresses: dict[tuple[str, str], dict[str, Any]] = {}
     for row in batch:

@@ -14,7 +14,8 @@ from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
-from typing import Literal
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -139,15 +140,45 @@ class DkimSigner:
         return signature + raw
 
 
+class Stopping(Exception):
+    """The worker is stopping: nothing of this message was handed to SMTP, put it back."""
+
+
+class Ambiguous(Exception):
+    """The message content went to the server and no answer came back: it may have been
+    accepted. Never resent automatically (RFC 1047); an operator settles it."""
+
+
+Started = Callable[[], Awaitable[None]]
+
+
 class Mailer:
     """Sends over a small pool of kept-open SMTP connections: a new TCP + TLS + EHLO per
-    email would cost more than the email."""
+    email would cost more than the email.
 
-    def __init__(self, target: SmtpTarget, *, pool_size: int = 4, dkim: DkimSigner | None = None):
+    A send is two steps, so the caller can claim the message only once a connection is in
+    hand: `connection()` waits for a pooled connection, `transact()` drives MAIL, RCPT and
+    DATA and calls `started()` right before DATA, the first moment the server could take the
+    message. `stop()` (a worker shutting down) makes both refuse new work with `Stopping`
+    and wakes the jobs waiting for a connection; a transaction past `started()` is finished,
+    even when its task is cancelled, for up to `grace` seconds."""
+
+    def __init__(self, target: SmtpTarget, *, pool_size: int = 4, dkim: DkimSigner | None = None, grace: float = 20.0):
         self.target = target
         self.dkim = dkim
+        self.grace = grace
+        self.stopping = False
+        self.in_transaction: set[asyncio.Task[Any]] = set()
+        """Tasks past `started()`: what a stopping worker waits for."""
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         self._slots = asyncio.Semaphore(pool_size)
+        self._waiting: set[asyncio.Task[Any]] = set()
+
+    def stop(self) -> None:
+        """Refuse new transactions; jobs waiting for a connection give up with `Stopping`."""
+        self.stopping = True
+        for task in list(self._waiting):
+            task.cancel(STOPPING)
 
     async def _client(self) -> aiosmtplib.SMTP:
         while not self._idle.empty():
@@ -166,32 +197,114 @@ class Mailer:
         await client.connect()
         return client
 
-    async def send(self, message: Message, *, envelope_from: str, recipient: str) -> str:
-        """Deliver `message`; returns the server's answer or raises DeliveryError."""
-        async with self._slots:
-            client: aiosmtplib.SMTP | None = None
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
+        """A connected client from the pool; DeliveryError (transient) when none can be made,
+        Stopping when the worker is stopping. An exception inside drops the connection."""
+        if self.stopping:
+            raise Stopping()
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError as exc:
+            if exc.args == (STOPPING,):
+                task.uncancel()
+                raise Stopping() from None
+            raise
+        finally:
+            self._waiting.discard(task)
+        try:
+            if self.stopping:
+                raise Stopping()
             try:
                 client = await self._client()
-                raw = message.as_bytes(policy=HEADER_POLICY)
-                if self.dkim is not None:
-                    raw = self.dkim.sign(raw)
-                _errors, answer = await client.sendmail(envelope_from, [recipient], raw)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refused = exc.recipients[0] if exc.recipients else None
-                code = refused.code if refused else None
-                detail = refused.message if refused else str(exc)
-                self._discard(client)
-                kind = "recipient_rejected" if code and code >= 500 else "transient"
-                raise DeliveryError(kind, code, detail) from None
-            except aiosmtplib.SMTPResponseException as exc:
-                self._discard(client)
-                kind = "transient" if 400 <= exc.code < 500 else "permanent"
-                raise DeliveryError(kind, exc.code, exc.message) from None
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-                self._discard(client)
                 raise DeliveryError("transient", None, f"{type(exc).__name__}: {exc}") from None
+            try:
+                yield client
+            except BaseException:
+                self._discard(client)
+                raise
             self._release(client)
-            return answer
+        finally:
+            self._slots.release()
+
+    def wire_bytes(self, message: Message) -> bytes:
+        raw = message.as_bytes(policy=HEADER_POLICY)
+        return self.dkim.sign(raw) if self.dkim is not None else raw
+
+    async def transact(
+        self, client: aiosmtplib.SMTP, raw: bytes, *, envelope_from: str, recipient: str, started: Started | None = None
+    ) -> str:
+        """MAIL, RCPT, `started()`, DATA; returns the server's answer. Raises DeliveryError for
+        an answer that refuses, Stopping before DATA when the worker stops, Ambiguous when the
+        content was sent and no answer came. After any of these the connection is dropped."""
+        try:
+            return await self._transact(client, raw, envelope_from=envelope_from, recipient=recipient, started=started)
+        except BaseException:
+            self._discard(client)
+            raise
+
+    async def _transact(
+        self, client: aiosmtplib.SMTP, raw: bytes, *, envelope_from: str, recipient: str, started: Started | None
+    ) -> str:
+        try:
+            options = [f"SIZE={len(raw)}"] if client.supports_extension("size") else []
+            await client.mail(envelope_from, options=options)
+            await client.rcpt(recipient)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            kind = "recipient_rejected" if exc.code >= 500 else "transient"
+            raise DeliveryError(kind, exc.code, exc.message) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            kind = "transient" if 400 <= exc.code < 500 else "permanent"
+            raise DeliveryError(kind, exc.code, exc.message) from None
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise DeliveryError("transient", None, f"{type(exc).__name__}: {exc}") from None
+        if self.stopping:
+            raise Stopping()
+        if started is not None:
+            await started()
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_transaction.add(task)
+        try:
+            response = await self._data(client, raw, task)
+        finally:
+            self.in_transaction.discard(task)
+        return response.message
+
+    async def _data(self, client: aiosmtplib.SMTP, raw: bytes, task: asyncio.Task[Any]) -> aiosmtplib.SMTPResponse:
+        data = asyncio.ensure_future(client.data(raw))
+        try:
+            await asyncio.shield(data)
+        except asyncio.CancelledError:
+            if not data.done():
+                # Cancelled inside DATA: the server may be taking the message. Let the answer
+                # come for up to `grace`; then the outcome is known and recorded normally.
+                await asyncio.wait({data}, timeout=self.grace)
+            if not data.done():
+                data.cancel()
+                raise
+            task.uncancel()
+        except Exception:  # noqa: BLE001 - classified below from the finished future
+            pass
+        try:
+            return data.result()
+        except aiosmtplib.SMTPResponseException as exc:
+            kind = "transient" if 400 <= exc.code < 500 else "permanent"
+            raise DeliveryError(kind, exc.code, exc.message) from None
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise Ambiguous(f"no answer after DATA: {type(exc).__name__}: {exc}") from None
+
+    async def send(self, message: Message, *, envelope_from: str, recipient: str) -> str:
+        """Deliver `message` in one call; returns the server's answer or raises DeliveryError."""
+        async with self.connection() as client:
+            try:
+                return await self.transact(client, self.wire_bytes(message), envelope_from=envelope_from, recipient=recipient)
+            except Ambiguous as exc:
+                raise DeliveryError("transient", None, str(exc)) from None
 
     def _release(self, client: aiosmtplib.SMTP | None) -> None:
         if client is not None and client.is_connected:
@@ -208,3 +321,8 @@ class Mailer:
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
+
+
+STOPPING = "trigger-email: worker stopping"
+"""The cancel message `Mailer.stop()` gives the jobs it wakes."""
+

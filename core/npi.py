@@ -7,7 +7,7 @@ def npi_problem(value: object) -> str | None:
     """Why `value` is not a valid NPI, or None when it is."""
     if not isinstance(value, str):
         return "npi must be a string of 10 digits"
-    if len(value) != 10 or not value.isdigit():
+    if len(value) != 10 or not (value.isascii() and value.isdigit()):
         return f"npi must be 10 digits, got {value!r}"
     if luhn_check_digit("80840" + value[:9]) != int(value[9]):
         return f"npi {value} has a wrong check digit"

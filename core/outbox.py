@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.activities import Activity, PushResult
-from core.db import insert_ignore, messages, outbox, triggers
+from core.db import crm_pauses, insert_ignore, messages, outbox, triggers
 from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -110,41 +110,91 @@ def backoff(attempts: int) -> timedelta:
 
 
 LEASE = timedelta(minutes=5)
-"""A claimed batch is invisible to other pushers this long; a pusher that dies mid-call
-leaves it to be picked up again after the lease (the CRM may then see it twice)."""
+"""A claimed batch is invisible to other pushers this long. It is longer than any CRM call
+can last (connectors time out in well under a minute), so a lease only expires when its
+pusher died; the next pusher then finds the row `verify`-marked and asks the CRM whether the
+earlier call wrote it before creating it again."""
+
+SPLIT_LIMIT = 64
+"""Most extra calls one batch may spend isolating an activity that makes the connector raise."""
 
 
 async def push_outbox(rt: Runtime, sinks: Mapping[str, ActivitySink], *, max_batches: int = 20) -> dict[str, int]:
     """Push due activities; returns counts of pushed / retried / dead rows."""
     counts = {"pushed": 0, "retried": 0, "dead": 0}
     for crm, sink in sinks.items():
-        for _ in range(max_batches):
-            batch = await _claim_batch(rt, crm, sink.batch_size)
-            if not batch:
-                break
-            try:
-                results = await sink.push_activities(batch)
-            except Exception as exc:  # noqa: BLE001 - a connector bug must not stall the outbox
-                log.exception("push to %s failed", crm)
-                results = [PushResult(activity.id, ok=False, error=f"{type(exc).__name__}: {exc}") for activity in batch]
-            await _record_results(rt, batch, results, counts)
-            wait = max((result.retry_after or 0 for result in results), default=0)
-            if wait:
-                await _pause(rt, crm, rt.clock.now() + timedelta(seconds=wait))
-            if _crm_unavailable(results):
-                break
+        try:
+            await _push_crm(rt, crm, sink, counts, max_batches)
+        except Exception:  # noqa: BLE001 - one CRM's trouble must not stop the others
+            log.exception("pushing activities to %s failed", crm)
     return counts
 
 
-async def _pause(rt: Runtime, crm: str, until: datetime) -> None:
-    """Honour a CRM's Retry-After for its whole queue, in the database, so every worker's
-    pusher waits and not only for the batch that was refused."""
+async def _push_crm(rt: Runtime, crm: str, sink: ActivitySink, counts: dict[str, int], max_batches: int) -> None:
+    for _ in range(max_batches):
+        batch = await _claim_batch(rt, crm, sink.batch_size)
+        if not batch:
+            break
+        results = await _push_isolating(sink, crm, batch, [SPLIT_LIMIT])
+        await _record_results(rt, batch, results, counts)
+        wait = max((result.retry_after or 0 for result in results), default=0)
+        if wait:
+            await pause_crm(rt, crm, rt.clock.now() + timedelta(seconds=wait), reason=_reason(results))
+        if _crm_unavailable(results):
+            break
+
+
+async def _push_isolating(sink: ActivitySink, crm: str, batch: list[Activity], budget: list[int]) -> list[PushResult]:
+    """`sink.push_activities(batch)`; when the connector raises instead of answering (a bug, a
+    record it cannot translate), the batch is halved and each half pushed again, so one poison
+    activity fails alone and the others still go."""
+    try:
+        return await sink.push_activities(batch)
+    except Exception as exc:  # noqa: BLE001 - a connector bug must not stall the outbox
+        log.exception("push of %d activities to %s failed", len(batch), crm)
+        if len(batch) > 1 and budget[0] >= 2:
+            budget[0] -= 2
+            middle = len(batch) // 2
+            first = await _push_isolating(sink, crm, batch[:middle], budget)
+            if any(result.retry_after for result in first):
+                rest = [PushResult(a.id, ok=False, error="not tried: the CRM asked to wait", retry_after=0.0) for a in batch[middle:]]
+                return first + rest
+            return first + await _push_isolating(sink, crm, batch[middle:], budget)
+        return [PushResult(activity.id, ok=False, error=f"{type(exc).__name__}: {exc}") for activity in batch]
+
+
+def _reason(results: list[PushResult]) -> str | None:
+    return next((result.error for result in results if result.retry_after), None)
+
+
+async def pause_crm(rt: Runtime, crm: str, until: datetime, *, reason: str | None = None) -> None:
+    """Honour a CRM's Retry-After for every push to it, in the database, so each worker's
+    pusher waits (activities written after the 429 too), not only the batch that was refused."""
+    now = rt.clock.now()
     async with rt.db.begin() as connection:
+        extended = await connection.execute(
+            update(crm_pauses).where(crm_pauses.c.crm == crm, crm_pauses.c.until < until)
+            .values(until=until, reason=reason, updated_at=now)
+        )
+        if not extended.rowcount:
+            await connection.execute(
+                insert_ignore(connection, crm_pauses, conflict=["crm"]).values(crm=crm, until=until, reason=reason, updated_at=now)
+            )
+        # Shown in the outbox listing: the rows due before the pause wait for it.
         await connection.execute(
             update(outbox)
             .where(outbox.c.crm == crm, outbox.c.status == "pending", outbox.c.next_attempt_at < until)
             .values(next_attempt_at=until)
         )
+
+
+async def paused_until(rt: Runtime, connection: AsyncConnection | None = None) -> dict[str, datetime]:
+    """CRMs paused now, and until when."""
+    query = select(crm_pauses.c.crm, crm_pauses.c.until).where(crm_pauses.c.until > rt.clock.now())
+    if connection is not None:
+        return {crm: until for crm, until in (await connection.execute(query)).all()}
+    async with rt.db.connect() as own:
+        return {crm: until for crm, until in (await own.execute(query)).all()}
 
 
 def _crm_unavailable(results: list[PushResult]) -> bool:
@@ -158,6 +208,11 @@ def _crm_unavailable(results: list[PushResult]) -> bool:
 async def _claim_batch(rt: Runtime, crm: str, size: int) -> list[Activity]:
     now = rt.clock.now()
     async with rt.db.begin() as connection:
+        pause = (
+            await connection.execute(select(crm_pauses.c.until).where(crm_pauses.c.crm == crm, crm_pauses.c.until > now))
+        ).scalar()
+        if pause is not None:
+            return []
         due = (
             await connection.execute(
                 select(outbox.c.id)
@@ -172,7 +227,7 @@ async def _claim_batch(rt: Runtime, crm: str, size: int) -> list[Activity]:
             await connection.execute(
                 update(outbox)
                 .where(outbox.c.id.in_(due), outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
-                .values(next_attempt_at=now + LEASE)
+                .values(next_attempt_at=now + LEASE, claims=outbox.c.claims + 1)
                 .returning(outbox.c.id)
             )
         ).scalars().all()
@@ -184,22 +239,33 @@ async def _claim_batch(rt: Runtime, crm: str, size: int) -> list[Activity]:
                 .order_by(outbox.c.id)
             )
         ).mappings().all()
-    activities = []
-    for row in rows:
-        details = dict(row["details"] or {})
-        details.setdefault("to", row["to_address"])
-        if row["kind"] == "opened":
-            details["open_count"] = max(row["open_count"] or 0, 1)
-        if row["kind"] == "clicked":
-            details["click_count"] = row["click_count"] or 0
-        activities.append(
-            Activity(
-                id=row["id"], crm=row["crm"], kind=row["kind"], npi=row["npi"], campaign_id=row["campaign_id"],
-                subject=row["subject"], message_id=row["message_id"], occurred_at=row["occurred_at"],
-                object_type=row["object_type"], object_id=row["object_id"], details=details,
-            )
-        )
+        activities = []
+        for row in rows:
+            try:
+                activities.append(_activity(row))
+            except Exception as exc:  # noqa: BLE001 - a row that cannot be read must not block the queue
+                log.exception("outbox row %s cannot be read", row["id"])
+                await connection.execute(
+                    update(outbox).where(outbox.c.id == row["id"])
+                    .values(status="dead", last_error=f"unreadable row: {type(exc).__name__}: {exc}")
+                )
     return activities
+
+
+def _activity(row: Mapping[str, Any]) -> Activity:
+    details = dict(row["details"] or {})
+    details.setdefault("to", row["to_address"])
+    if row["kind"] == "opened":
+        details["open_count"] = max(row["open_count"] or 0, 1)
+    if row["kind"] == "clicked":
+        details["click_count"] = row["click_count"] or 0
+    return Activity(
+        id=row["id"], crm=row["crm"], kind=row["kind"], npi=row["npi"], campaign_id=row["campaign_id"],
+        subject=row["subject"], message_id=row["message_id"], occurred_at=row["occurred_at"],
+        object_type=row["object_type"], object_id=row["object_id"], details=details,
+        key=row["dedupe_key"], claim=row["claims"], verify=row["clean_claims"] < row["claims"] - 1,
+        lease_until=row["next_attempt_at"],
+    )
 
 
 async def _record_results(rt: Runtime, batch: list[Activity], results: list[PushResult], counts: dict[str, int]) -> None:
@@ -210,23 +276,35 @@ async def _record_results(rt: Runtime, batch: list[Activity], results: list[Push
         for activity in batch:
             result = by_id.get(activity.id) or PushResult(activity.id, ok=False, error="no result from the connector")
             if result.ok:
-                values: dict[str, Any] = {"status": "pushed", "pushed_at": now, "last_error": None}
+                await connection.execute(
+                    update(outbox).where(outbox.c.id == activity.id)
+                    .values(status="pushed", pushed_at=now, last_error=None)
+                )
                 counts["pushed"] += 1
+                continue
+            # A rate limit says nothing is wrong with the row: it waits, but does not
+            # spend one of its attempts (a daily limit would otherwise dead-letter it).
+            throttled = result.retry_after is not None and not result.permanent
+            # Refused or rate-limited: the CRM wrote nothing. Anything else (5xx, a lost
+            # answer, a connector error) may have written it, and the next try looks first.
+            clean = {"clean_claims": outbox.c.clean_claims + 1} if throttled or result.permanent else {}
+            current = (
+                await connection.execute(select(outbox.c.attempts, outbox.c.claims, outbox.c.status).where(outbox.c.id == activity.id))
+            ).one()
+            if current.status != "pending" or (activity.claim and current.claims != activity.claim):
+                # Another pusher took the row after this one's lease ran out: its answer decides.
+                if clean:
+                    await connection.execute(update(outbox).where(outbox.c.id == activity.id).values(**clean))
+                continue
+            attempts = current.attempts + (0 if throttled else 1)
+            if result.permanent or attempts >= limit:
+                values: dict[str, Any] = {"status": "dead", "attempts": attempts, "last_error": result.error}
+                counts["dead"] += 1
             else:
-                # A rate limit says nothing is wrong with the row: it waits, but does not
-                # spend one of its attempts (a daily limit would otherwise dead-letter it).
-                throttled = result.retry_after is not None and not result.permanent
-                attempts = (
-                    await connection.execute(select(outbox.c.attempts).where(outbox.c.id == activity.id))
-                ).scalar_one() + (0 if throttled else 1)
-                if result.permanent or attempts >= limit:
-                    values = {"status": "dead", "attempts": attempts, "last_error": result.error}
-                    counts["dead"] += 1
-                else:
-                    wait = timedelta(seconds=result.retry_after or 0) if throttled else backoff(attempts)
-                    values = {"attempts": attempts, "next_attempt_at": now + wait, "last_error": result.error}
-                    counts["retried"] += 1
-            await connection.execute(update(outbox).where(outbox.c.id == activity.id).values(**values))
+                wait = timedelta(seconds=result.retry_after or 0) if throttled else backoff(attempts)
+                values = {"attempts": attempts, "next_attempt_at": now + wait, "last_error": result.error}
+                counts["retried"] += 1
+            await connection.execute(update(outbox).where(outbox.c.id == activity.id).values(**values, **clean))
 
 
 async def list_outbox(rt: Runtime, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, Tag
 
 from config import Campaign
 from config.templating import render
+from core.names import decode_encoded_words
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,9 @@ class Rendered:
 def render_campaign(
     campaign: Campaign, hcp: Mapping[str, Any], data: Mapping[str, Any], *, resend: bool = False
 ) -> Rendered:
-    context = {"hcp": dict(hcp), "data": dict(data), "campaign": campaign.model_dump(by_alias=True)}
+    people = {key: decode_encoded_words(value) if isinstance(value, str) and "=?" in value else value
+              for key, value in hcp.items()}
+    context = {"hcp": people, "data": dict(data), "campaign": campaign.model_dump(by_alias=True)}
     subject = _one_line(render(campaign.subject, html=False, **context))
     if resend and campaign.resend and campaign.resend.subject:
         subject = _one_line(render(campaign.resend.subject, html=False, subject=subject, **context))

@@ -33,6 +33,9 @@ class Runtime:
     """Adapters attach their own things here (connectors, metrics) without core naming them."""
 
     async def aclose(self) -> None:
+        leases = self.extras.get("leases")
+        if leases is not None:
+            leases.close()
         await self.mailer.aclose()
         if self.queue.redis is not None:
             await self.queue.redis.aclose()
@@ -63,5 +66,8 @@ async def build_runtime(
         db=Database(settings.database_url, pgbouncer=settings.database_pgbouncer),
         clock=clock or Clock(),
         queue=JobQueue(redis),
-        mailer=Mailer(SmtpTarget.from_url(settings.smtp_url, timeout=settings.smtp_timeout), dkim=dkim_signer(config)),
+        mailer=Mailer(
+            SmtpTarget.from_url(settings.smtp_url, timeout=settings.smtp_timeout), dkim=dkim_signer(config),
+            grace=settings.shutdown_grace,
+        ),
     )

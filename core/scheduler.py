@@ -1,9 +1,11 @@
 """The sweep: everything that is due in the database, picked up once a second by the
 worker's cron. The database holds the due times, so a Redis flush or a restart loses nothing.
 
-It promotes due resends (unless the HCP engaged), re-enqueues retries and lost jobs, marks
-messages stuck in `sending` as `unknown`, and lets adapters add steps (engagement triggers,
-the CRM pusher) without core knowing them.
+It promotes due resends (unless the HCP engaged), re-enqueues retries and lost jobs (never
+before an item's backoff is over), puts back to `queued` the messages whose worker died
+before their SMTP transaction started (expired lease), marks `unknown` those whose worker died
+inside it, and lets adapters add steps (engagement triggers, the CRM pusher) without core
+knowing them.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from core.campaigns import is_paused
 from core.db import inbound_events, messages, triggers
 from core.decisions import pick_address
 from core.directory import get_hcp
+from core.metrics import MESSAGES
 from core.queue import PROCESS_INBOUND, PROCESS_TRIGGER, SEND_MESSAGE
 from core.render import render_campaign
 from core.runtime import Runtime
+from core.sending import mark_trigger_unknown
 from core.suppression import suppression_reason
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,8 @@ LOST_AFTER = timedelta(seconds=10)
 """A pending trigger or queued message this old with no job running is re-enqueued."""
 BATCH = 500
 PROCESSING_STUCK_AFTER = timedelta(minutes=5)
+INBOUND_MAX_ATTEMPTS = 8
+"""An inbound event whose worker died while processing it this many times ends `failed`."""
 
 
 def engagement_column(config: Any, table: Any = messages) -> Any:
@@ -84,6 +90,49 @@ async def _resend_plan(rt: Runtime, connection: Any, message: Any, trigger: Any)
     return "queued", {"to_address": address, "subject": rendered.subject, "html": rendered.html, "due_at": None}
 
 
+async def expire_claims(rt: Runtime) -> tuple[int, int]:
+    """Claims whose lease ran out (their worker died or hung): back to `queued` when the SMTP
+    transaction never started (nothing can have been delivered), `unknown` when it did.
+    Rows claimed before leases existed fall back to `sending_stuck_after`. Returns
+    (released, unknown)."""
+    now = rt.clock.now()
+    expired = (messages.c.claimed_until <= now) | (
+        messages.c.claimed_until.is_(None)
+        & (messages.c.claimed_at <= now - timedelta(seconds=rt.settings.sending_stuck_after))
+    )
+    async with rt.db.begin() as connection:
+        released = await connection.execute(
+            update(messages)
+            .where(messages.c.status == "sending", messages.c.claimed_until <= now, messages.c.smtp_started_at.is_(None))
+            .values(
+                status="queued", claimed_until=None, due_at=None, attempts=messages.c.attempts - 1,
+                error="its worker stopped before the SMTP transaction; put back",
+            )
+        )
+        cut = (
+            await connection.execute(
+                select(messages.c.id, messages.c.trigger_id, messages.c.kind, messages.c.to_address, messages.c.claim_seq)
+                .where(messages.c.status == "sending", expired)
+                .limit(BATCH)
+            )
+        ).mappings().all()
+        unknown = 0
+        for message in cut:
+            reason = "its worker stopped inside the SMTP transaction"
+            marked = await connection.execute(
+                update(messages)
+                .where(messages.c.id == message["id"], messages.c.status == "sending", messages.c.claim_seq == message["claim_seq"])
+                .values(status="unknown", claimed_until=None, error=f"{reason}; not resent automatically")
+            )
+            if marked.rowcount == 1:
+                unknown += 1
+                await mark_trigger_unknown(connection, message, reason)
+    if unknown:
+        MESSAGES.labels("unknown").inc(unknown)
+        log.warning("%d message(s) became unknown: their worker stopped inside the SMTP transaction", unknown)
+    return released.rowcount or 0, unknown
+
+
 SweepStep = Callable[[Runtime], Awaitable[Any]]
 
 
@@ -91,7 +140,8 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
     """One pass over everything due. Safe to run concurrently on several workers: every
     state change is a conditional UPDATE."""
     now = rt.clock.now()
-    done = {"resends": 0, "retries": 0, "lost_triggers": 0, "inbound": 0, "unknown": 0}
+    done = {"resends": 0, "retries": 0, "lost_triggers": 0, "inbound": 0, "unknown": 0, "released": 0}
+    done["released"], done["unknown"] = await expire_claims(rt)
     async with rt.db.connect() as connection:
         due_resends = (
             await connection.execute(
@@ -102,6 +152,7 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
             await connection.execute(
                 select(messages.c.id, messages.c.attempts).where(
                     messages.c.status == "queued",
+                    messages.c.claimed_until.is_(None) | (messages.c.claimed_until <= now),
                     ((messages.c.due_at.is_not(None)) & (messages.c.due_at <= now))
                     | ((messages.c.due_at.is_(None)) & (messages.c.created_at <= now - LOST_AFTER)),
                 ).limit(BATCH)
@@ -109,7 +160,11 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
         ).all()
         lost = (
             await connection.execute(
-                select(triggers.c.id).where(triggers.c.status == "pending", triggers.c.created_at <= now - LOST_AFTER).limit(BATCH)
+                select(triggers.c.id).where(
+                    triggers.c.status == "pending",
+                    ((triggers.c.due_at.is_not(None)) & (triggers.c.due_at <= now))
+                    | ((triggers.c.due_at.is_(None)) & (triggers.c.created_at <= now - LOST_AFTER)),
+                ).limit(BATCH)
             )
         ).scalars().all()
         inbound = (
@@ -135,18 +190,21 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
         if await rt.queue.enqueue(PROCESS_INBOUND, event_id, job_id=f"inbound:{event_id}:{bucket}"):
             done["inbound"] += 1
     async with rt.db.begin() as connection:
-        stuck = await connection.execute(
-            update(messages)
-            .where(messages.c.status == "sending", messages.c.claimed_at <= now - timedelta(seconds=rt.settings.sending_stuck_after))
-            .values(status="unknown", error="worker stopped while sending; not resent automatically")
+        # An event whose worker died mid-processing is processed again (triggers made from it
+        # carry idempotency keys, so nothing is sent twice), after a backoff and a bounded
+        # number of times: an event that kills its worker must not loop.
+        await connection.execute(
+            update(inbound_events)
+            .where(
+                inbound_events.c.status == "processing", inbound_events.c.processed_at <= now - PROCESSING_STUCK_AFTER,
+                inbound_events.c.attempts >= INBOUND_MAX_ATTEMPTS,
+            )
+            .values(status="failed", result=f"worker stopped while processing it, {INBOUND_MAX_ATTEMPTS} times")
         )
-        done["unknown"] = stuck.rowcount or 0
-        # An event whose worker died mid-processing is processed again: triggers made from
-        # it carry idempotency keys, so nothing is sent twice.
         await connection.execute(
             update(inbound_events)
             .where(inbound_events.c.status == "processing", inbound_events.c.processed_at <= now - PROCESSING_STUCK_AFTER)
-            .values(status="pending", due_at=now)
+            .values(status="pending", due_at=now + timedelta(minutes=1))
         )
     for step in extra_steps or []:
         await step(rt)

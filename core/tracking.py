@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ from bs4 import BeautifulSoup
 from itsdangerous import BadSignature, URLSafeSerializer
 
 _UNTRACKED_SCHEMES = ("mailto:", "tel:", "sms:", "#", "javascript:")
+_ARITY = {"o": 2, "c": 3, "u": 2}
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9_]{1,40}")
 
 
 class Tokens:
@@ -41,7 +44,13 @@ class Tokens:
             payload = self._serializer.loads(token)
         except BadSignature:
             return None
-        if not isinstance(payload, list) or not payload or payload[0] != kind:
+        if not isinstance(payload, list) or len(payload) != _ARITY.get(kind, 0) or payload[0] != kind:
+            return None
+        # A token signed with our key but carrying another shape (an old format, a leaked key
+        # used to probe) is unknown, never an error.
+        if not isinstance(payload[1], str) or not _MESSAGE_ID.fullmatch(payload[1]):
+            return None
+        if kind == "c" and not (type(payload[2]) is int and 0 <= payload[2] < 10_000):
             return None
         return payload
 
@@ -54,7 +63,7 @@ class Tokens:
     def read_bounce(self, token: str) -> str | None:
         core, _, mac = token.lower().partition(".")
         expected = hmac.new(self._secret, core.encode(), hashlib.sha256).hexdigest()[:12]
-        return f"msg_{core}" if mac and hmac.compare_digest(mac, expected) else None
+        return f"msg_{core}" if mac and mac.isascii() and hmac.compare_digest(mac, expected) else None
 
 
 @dataclass

@@ -165,7 +165,7 @@ async def build_test_runtime(
     *, database_url: str, redis_url: str, smtp_url: str, config: Config, clock: ManualClock, **settings: Any
 ) -> Runtime:
     values = dict(
-        database_url=database_url, redis_url=redis_url, smtp_url=smtp_url, secret_key="test-secret-key",
+        database_url=database_url, redis_url=redis_url, smtp_url=smtp_url, secret_key="test-secret-key-of-at-least-32-characters",
         smtp_timeout=5.0,
     )
     values.update(settings)

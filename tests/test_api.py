@@ -146,7 +146,7 @@ async def test_health_is_503_when_redis_is_gone(harness: Harness) -> None:
             harness.rt.queue = real
             await gone.aclose()
     assert response.status_code == 503, response.text
-    assert response.json()["database"] == "ok" and "Error 111 connecting" in response.json()["redis"], response.json()  # ECONNREFUSED
+    assert response.json() == {"status": "degraded", "database": "ok", "redis": "unavailable"}
     assert (await harness.outcome(accepted["id"]))["status"] == "pending"
     await harness.later(seconds=30)
     assert (await harness.outcome(accepted["id"]))["status"] == "sent"

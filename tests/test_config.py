@@ -99,5 +99,7 @@ def test_config_check_cli_exit_codes(config_dir: Path) -> None:
 
 
 def test_shipped_example_config_is_valid() -> None:
-    result = CliRunner().invoke(app, ["config", "check"], env={"TRIGGER_EMAIL_CONFIG": ""})
+    result = CliRunner().invoke(app, ["config", "check"], env={
+        "TRIGGER_EMAIL_CONFIG": "", "HUBSPOT_CLIENT_SECRET": "h" * 24, "SF_EVENTS_SECRET": "s" * 24,
+    })
     assert result.exit_code == 0, result.output

@@ -89,10 +89,13 @@ def test_dev_serves_a_trigger_end_to_end_and_keeps_state(tmp_path: Path) -> None
     finally:
         out = stop(process)
     assert "stopped" in out
+    generated = {name: (data_dir / name).read_text() for name in ("hubspot_client_secret", "salesforce_events_secret", "secret_key")}
+    assert all(len(value.strip()) >= 32 for value in generated.values()), "dev generates long secrets of its own"
     process, again = start_dev(data_dir)
     base = again["base"]
     try:
         assert again["key"] == lines["key"]
+        assert {name: (data_dir / name).read_text() for name in generated} == generated, "a restart keeps them"
         view = httpx.get(f"{base}/v1/triggers/{trigger_id}", headers=auth).json()
         assert view["status"] == "sent"
         assert len(httpx.get(f"{base}/dev/outbox", headers=auth).json()["messages"]) == 1

@@ -19,6 +19,7 @@ import yaml
 from config import Config, Settings, parse_config
 from connectors.base import InboundRequest, WebhookRejected, build_connectors
 from connectors.hubspot import HubSpotApiError, HubSpotConnector
+from connectors.hubspot.activities import reference
 from core.activities import Activity, InboundEvent
 from core.clock import ManualClock
 from tests.fakes.fake_hubspot import FakeHubSpot
@@ -220,18 +221,18 @@ def at(text: str) -> datetime:
 
 def test_contact_property_change(connector: HubSpotConnector) -> None:
     e = one(connector, "contact_property_change.json")
-    assert (e.event, e.event_key, e.object_id, e.changed) == ("record_change", "3816279340", "1246965", {"npi": "1234567893"})
+    assert (e.event, e.event_key, e.object_id, e.changed) == ("record_change", "62515:2141541:3816279340", "1246965", {"npi": "1234567893"})
     assert e.fields == {"npi": "1234567893"} and e.occurred_at == at("2026-01-05T08:59:00") and e.payload["changeSource"] == "CRM_UI"
 
 
 def test_contact_creation(connector: HubSpotConnector) -> None:
     e = one(connector, "contact_creation.json")
-    assert (e.event, e.event_key, e.object_id, e.changed) == ("created", "567890123", "65059681032", {})
+    assert (e.event, e.event_key, e.object_id, e.changed) == ("created", "62515:234567:567890123", "65059681032", {})
 
 
 def test_contact_deletion(connector: HubSpotConnector) -> None:
     e = one(connector, "contact_deletion.json")
-    assert (e.event, e.event_key, e.object_id) == ("deleted", "1725358293", "1246977")
+    assert (e.event, e.event_key, e.object_id) == ("deleted", "62515:234568:1725358293", "1246977")
 
 
 def test_contact_merge(connector: HubSpotConnector) -> None:
@@ -242,7 +243,8 @@ def test_contact_merge(connector: HubSpotConnector) -> None:
 def test_webhooks_batch_keeps_contact_events_only(connector: HubSpotConnector) -> None:
     events = parse(connector, "webhooks_batch.json")
     assert [(e.event_key, e.event) for e in events] == [
-        ("3816279341", "record_change"), ("3816279342", "record_change"), ("3816279343", "created"), ("3816279346", "record_change"),
+        ("62515:2141541:3816279341", "record_change"), ("62515:2141542:3816279342", "record_change"),
+        ("62515:234567:3816279343", "created"), ("62515:234572:3816279346", "record_change"),
     ]
     assert events[1].changed == {"interest": "Asthma"} and events[3].changed == {"specialty": "Pulmonary Disease"}
 
@@ -284,6 +286,22 @@ def test_workflow_custom_event_name_is_honoured(connector: HubSpotConnector) -> 
 def test_same_workflow_body_gives_same_key(connector: HubSpotConnector) -> None:
     first, again = (one(connector, "workflow_custom.json") for _ in range(2))
     assert first.event_key == again.event_key
+
+
+def test_the_same_event_id_from_another_subscription_or_portal_is_another_event(connector: HubSpotConnector) -> None:
+    [event] = json.loads(fixture("contact_creation.json"))
+    twins = [event, {**event, "subscriptionId": 999}, {**event, "portalId": 77}, {**event, "attemptNumber": 3}]
+    keys = [e.event_key for e in connector.parse(inbound(json.dumps(twins).encode()))]
+    assert keys == ["62515:234567:567890123", "62515:999:567890123", "77:234567:567890123", "62515:234567:567890123"]
+
+
+def test_an_event_without_its_ids_is_keyed_by_its_content_less_the_attempt(connector: HubSpotConnector) -> None:
+    [event] = json.loads(fixture("contact_creation.json"))
+    bare = {key: value for key, value in event.items() if key not in ("eventId", "subscriptionId")}
+    first, retry, other = connector.parse(inbound(json.dumps(
+        [bare, {**bare, "attemptNumber": 2}, {**bare, "objectId": 1}]
+    ).encode()))
+    assert first.event_key.startswith("sha256:") and first.event_key == retry.event_key != other.event_key
 
 
 def test_more_than_100_events_is_a_bad_request(connector: HubSpotConnector) -> None:
@@ -420,12 +438,14 @@ async def test_engagement_kinds_become_readable_notes(live: HubSpotConnector, fa
     assert (len(fake.calls(EMAILS)), len(fake.calls(NOTES))) == (1, 1)
     bodies = [item["properties"]["hs_note_body"] for item in inputs(fake, NOTES)]
     subject = "'New asthma data for Pulmonary Disease practices'"
+    refs = [reference(a) for a in batch[1:]]
     assert bodies == [
-        f"Opened {subject} — 2 times (campaign asthma-launch)",
-        f"Clicked https://pharma.example/asthma?a=1&amp;b=2 in {subject} (campaign asthma-launch)",
-        f"Bounced {subject} to jane.doe@clinic.example — 550 5.1.1 user unknown (campaign asthma-launch)",
-        f"Unsubscribed via {subject} (campaign asthma-launch)",
+        f"Opened {subject} — 2 times (campaign asthma-launch, ref {refs[0]})",
+        f"Clicked https://pharma.example/asthma?a=1&amp;b=2 in {subject} (campaign asthma-launch, ref {refs[1]})",
+        f"Bounced {subject} to jane.doe@clinic.example — 550 5.1.1 user unknown (campaign asthma-launch, ref {refs[2]})",
+        f"Unsubscribed via {subject} (campaign asthma-launch, ref {refs[3]})",
     ]
+    assert len(set(refs)) == 4 and all(len(ref) == 16 for ref in refs)
     assert {t["associationTypeId"] for item in inputs(fake, NOTES) for a in item["associations"] for t in a["types"]} == {202}
 
 
@@ -466,3 +486,159 @@ async def test_wrong_token_is_not_dead_lettered(fake: FakeHubSpot, clock: Manual
     assert (result.ok, result.permanent, fake.calls(EMAILS)[0].status) == (False, False, 401)
     assert "revoked" not in (result.error or "")
     await connector.aclose()
+
+
+# the fake validates what HubSpot validates
+
+
+async def test_fake_refuses_unknown_properties_and_enum_values_as_hubspot_does(fake: FakeHubSpot) -> None:
+    import httpx
+
+    good = {"hs_timestamp": "2026-01-05T09:30:00.000Z", "hs_email_direction": "EMAIL", "hs_email_status": "SENT"}
+    bad = [
+        ({**good, "hs_email_status": "DELIVERED"}, "INVALID_OPTION", "hs_email_status"),
+        ({**good, "hs_email_direction": "OUTGOING"}, "INVALID_OPTION", "hs_email_direction"),
+        ({**good, "hs_email_opened": "true"}, "PROPERTY_DOESNT_EXIST", "hs_email_opened"),
+        ({**good, "hs_timestamp": "yesterday"}, "INVALID_DATE", "hs_timestamp"),
+        ({"hs_email_status": "SENT"}, "REQUIRED_PROPERTY", "hs_timestamp"),
+    ]
+    association = [{"to": {"id": "1"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 198}]}]
+    inputs_ = [{"properties": good, "associations": association, "objectWriteTraceId": "ok"}] + [
+        {"properties": props, "associations": association, "objectWriteTraceId": str(n)} for n, (props, _, _) in enumerate(bad)
+    ]
+    response = httpx.post(f"{fake.url}{EMAILS}", json={"inputs": inputs_}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 207
+    answer = response.json()
+    assert [item["objectWriteTraceId"] for item in answer["results"]] == ["ok"]
+    for error in answer["errors"]:
+        assert error["category"] == "VALIDATION_ERROR" and error["message"].startswith("Property values were not valid: [")
+        [detail] = json.loads(error["message"].removeprefix("Property values were not valid: "))
+        _, code, name = bad[int(error["context"]["objectWriteTraceId"][0])]
+        assert (detail["isValid"], detail["error"], detail["name"]) == (False, code, name)
+
+    wrong_type = [{"to": {"id": "1"}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 202}]}]
+    note = {"properties": {"hs_timestamp": "1767605400000", "hs_note_body": "x" * 65_537}, "associations": wrong_type}
+    response = httpx.post(f"{fake.url}{NOTES}", json={"inputs": [note]}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 400 and "hs_note_body" in response.json()["message"]
+    assert [item["objectWriteTraceId"] for item in fake.timeline()] == ["ok"]
+
+
+async def test_what_the_connector_writes_passes_the_fakes_validation(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+    batch = [activity(1, text="plain", html="<p>x</p>"), activity(2, "opened", open_count=3), activity(3, "clicked", link="https://x.example"),
+             activity(4, "bounced", reason="550"), activity(5, "unsubscribed")]
+    results = await live.push_activities(batch)
+    assert [(r.ok, r.error) for r in results] == [(True, None)] * 5
+    assert {call.status for call in fake.calls(EMAILS) + fake.calls(NOTES)} == {201}
+
+
+async def test_an_activity_id_property_must_exist_on_hubspot(fake: FakeHubSpot, clock: ManualClock) -> None:
+    connector = make_connector(clock, base_url=fake.url, activity_id_property="te_activity_ref")
+    [missing] = await connector.push_activities([activity(1)])
+    assert (missing.ok, missing.permanent) == (False, True) and "PROPERTY_DOESNT_EXIST" in (missing.error or "")
+    fake.custom_properties["emails"].add("te_activity_ref")
+    [written] = await connector.push_activities([activity(1)])
+    assert written.ok and fake.timeline()[0]["properties"]["te_activity_ref"] == reference(activity(1))
+    await connector.aclose()
+
+
+# one bad input never takes good ones down with it
+
+
+def with_contacts(fake: FakeHubSpot, *ids: int) -> None:
+    for n in ids:
+        fake.contacts[str(1000 + n)] = {"npi": "1234567893"}
+
+
+async def test_a_207_fails_only_the_input_hubspot_refused(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+    with_contacts(fake, 1, 2, 4, 5)  # contact 1003 does not exist: its association is refused
+    results = await live.push_activities([activity(n) for n in range(1, 6)])
+    assert [(r.activity_id, r.ok, r.permanent) for r in results] == [
+        (1, True, False), (2, True, False), (3, False, True), (4, True, False), (5, True, False),
+    ]
+    assert [call.status for call in fake.calls(EMAILS)] == [207] and "1003" in (results[2].error or "")
+    assert len(fake.timeline()) == 4
+
+
+@pytest.mark.parametrize("bad", [[3], [1, 5], [2, 3, 4]])
+async def test_a_batch_refused_whole_with_400_is_split_until_the_bad_input_is_alone(
+    live: HubSpotConnector, fake: FakeHubSpot, bad: list[int]
+) -> None:
+    fake.whole_batch_errors = True
+    with_contacts(fake, *(n for n in range(1, 9) if n not in bad))
+    results = await live.push_activities([activity(n) for n in range(1, 9)])
+    assert {r.activity_id for r in results if r.ok} == set(range(1, 9)) - set(bad)
+    assert all(r.permanent and "does not exist" in (r.error or "") for r in results if not r.ok)
+    assert sorted(int(item["objectWriteTraceId"]) for item in fake.timeline()) == sorted(set(range(1, 9)) - set(bad))
+    assert fake.calls(EMAILS)[0].status == 400 and len(fake.calls(EMAILS)) <= 2 * 8 - 1
+
+
+async def test_a_429_while_splitting_defers_the_rest(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+    fake.whole_batch_errors = True
+    with_contacts(fake, 1, 2, 4)
+    fake.rate_limit(0)
+    original = fake._input_problem
+
+    def problem_then_throttle(object_type: str, item: Any) -> str | None:
+        fake.rate_limit(5, retry_after="9")  # every call after the first 400 is throttled
+        return original(object_type, item)
+
+    fake._input_problem = problem_then_throttle  # type: ignore[method-assign]
+    try:
+        results = await live.push_activities([activity(n) for n in range(1, 5)])
+    finally:
+        fake._input_problem = original  # type: ignore[method-assign]
+    assert [(r.ok, r.permanent, r.retry_after) for r in results] == [(False, False, 9.0)] * 4
+    assert [call.status for call in fake.calls(EMAILS)] == [400, 429]
+
+
+# retries never write a second timeline entry
+
+
+@pytest.mark.parametrize("id_property", [None, "te_activity_ref"])
+async def test_a_retry_after_a_lost_reply_finds_what_was_written(fake: FakeHubSpot, clock: ManualClock, id_property: str | None) -> None:
+    if id_property:
+        fake.custom_properties["emails"].add(id_property)
+        fake.custom_properties["notes"].add(id_property)
+    connector = make_connector(clock, base_url=fake.url, activity_id_property=id_property)
+    batch = [activity(1), activity(2), activity(3, "opened"), activity(4, "clicked", link="https://x.example/a")]
+    fake.lose_replies(2)
+    lost = await connector.push_activities(batch)
+    assert [(r.ok, r.permanent) for r in lost] == [(False, False)] * 4
+    assert len(fake.timeline()) == 4, "HubSpot wrote them; we never heard"
+
+    for item in batch:
+        item.verify = True
+    retried = await connector.push_activities(batch + [activity(5, "opened")])
+    assert [r.ok for r in retried] == [True] * 5
+    assert sorted(int(item["objectWriteTraceId"]) for item in fake.timeline()) == [1, 2, 3, 4, 5]
+    [create] = fake.calls(NOTES)[1:]
+    assert [item["objectWriteTraceId"] for item in create.json["inputs"]] == ["5"], "only the new one is created"
+    await connector.aclose()
+
+
+async def test_a_retry_creates_what_the_lost_call_did_not_write(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+    fake.fail_next(1, status=502)
+    [failed] = await live.push_activities([activity(1)])
+    assert not failed.ok and fake.timeline() == []
+    again = activity(1)
+    again.verify = True
+    [written] = await live.push_activities([again])
+    assert written.ok and len(fake.timeline()) == 1
+
+
+async def test_same_moment_same_contact_activities_are_told_apart(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+    first = activity(3, "clicked", link="https://x.example/a")
+    await live.push_activities([first])
+    second = activity(3, "clicked", link="https://x.example/b")
+    second.id, second.key, second.verify = 4, "m:clicked:b", True
+    [result] = await live.push_activities([second])
+    assert result.ok and len(fake.timeline()) == 2, "another activity at the same moment is not mistaken for it"
+
+
+async def test_a_search_that_fails_creates_nothing_blind(live: HubSpotConnector, fake: FakeHubSpot) -> None:
+    doubtful = activity(1)
+    doubtful.verify = True
+    fake.fail_next(1, status=503)
+    [result] = await live.push_activities([doubtful])
+    assert (result.ok, result.permanent) == (False, False) and "earlier write" in (result.error or "")
+    assert fake.calls(EMAILS) == [] and fake.timeline() == []

@@ -320,3 +320,84 @@ async def test_a_burst_of_hits_makes_one_row_per_fact(harness: Harness, receiver
     await eventually(written)
     await push(harness)
     assert sorted(a["kind"] for a in receiver.activities) == ["clicked", "clicked", "opened", "sent"]
+
+
+async def test_activities_recorded_after_a_429_wait_for_its_retry_after_too(harness: Harness, receiver: Receiver) -> None:
+    """HubSpot asked for 5 s; an activity written 1.5 s later must not be pushed before then."""
+    await many_activities(harness, 2)
+    receiver.answers.append((429, {"Retry-After": "5"}, {"error": "slow down"}))
+    assert await push(harness) == {"pushed": 0, "retried": 2, "dead": 0}
+    paused = (await outbox(harness))["paused"]
+    assert paused == {"webhook": "2026-01-05T09:00:05Z"}
+
+    harness.clock.advance(timedelta(seconds=1.5))
+    async with harness.rt.db.begin() as connection:
+        message = dict((await connection.execute(select(messages))).mappings().first())
+        await record_activity(harness.rt, connection, message, "opened", harness.clock.now())
+    assert await push(harness) == {"pushed": 0, "retried": 0, "dead": 0}
+    assert len(receiver.calls) == 1, "nothing, old or new, goes to a CRM that asked to wait"
+
+    harness.clock.advance(timedelta(seconds=3.5))
+    assert (await push(harness))["pushed"] == 3
+    assert (await outbox(harness))["paused"] == {}
+
+
+async def test_a_later_shorter_retry_after_does_not_shorten_the_pause(harness: Harness, receiver: Receiver) -> None:
+    from core.outbox import pause_crm, paused_until
+
+    now = harness.clock.now()
+    await pause_crm(harness.rt, "webhook", now + timedelta(seconds=60))
+    await pause_crm(harness.rt, "webhook", now + timedelta(seconds=5))
+    assert (await paused_until(harness.rt))["webhook"] == now + timedelta(seconds=60)
+
+
+class Poisoned:
+    """The real webhook connector, but raising (as a connector bug would) whenever `poison`
+    is among the activities it is given."""
+
+    def __init__(self, inner: Any, poison: int):
+        self.inner, self.poison, self.batches = inner, poison, []
+        self.batch_size = inner.batch_size
+
+    async def push_activities(self, batch: list[Any]) -> list[Any]:
+        self.batches.append([activity.id for activity in batch])
+        if any(activity.id == self.poison for activity in batch):
+            raise KeyError("boom")
+        return await self.inner.push_activities(batch)
+
+
+async def test_an_activity_that_makes_the_connector_raise_is_isolated_then_dead_lettered(
+    harness: Harness, receiver: Receiver
+) -> None:
+    harness.rt.settings.outbox_max_attempts = 3
+    await many_activities(harness, 8)
+    ids = [item["id"] for item in (await outbox(harness))["items"]]
+    poison = sorted(ids)[5]
+    sink = Poisoned(harness.rt.extras["connectors"]["webhook"], poison)
+
+    assert await push_outbox(harness.rt, {"webhook": sink}) == {"pushed": 7, "retried": 1, "dead": 0}
+    assert sorted(a["id"] for a in receiver.activities) == sorted(set(ids) - {poison})
+    for _ in range(5):
+        harness.clock.advance(timedelta(hours=2))
+        await push_outbox(harness.rt, {"webhook": sink})
+    dead = await outbox(harness, "dead")
+    assert [(row["id"], row["attempts"], row["last_error"]) for row in dead["items"]] == [(poison, 3, "KeyError: 'boom'")]
+    calls = len(sink.batches)
+    harness.clock.advance(timedelta(days=1))
+    await push_outbox(harness.rt, {"webhook": sink})
+    assert len(sink.batches) == calls, "a dead row is never tried again by itself"
+
+
+async def test_an_unreadable_row_is_dead_lettered_and_the_others_still_go(harness: Harness, receiver: Receiver) -> None:
+    from sqlalchemy import update
+
+    from core.db import outbox as outbox_table
+
+    await many_activities(harness, 3)
+    bad = min(item["id"] for item in (await outbox(harness))["items"])
+    async with harness.rt.db.begin() as connection:
+        await connection.execute(update(outbox_table).where(outbox_table.c.id == bad).values(details=[1, 2]))
+    assert (await push(harness))["pushed"] == 2
+    [dead] = (await outbox(harness, "dead"))["items"]
+    assert dead["id"] == bad and dead["last_error"].startswith("unreadable row: TypeError")
+    assert await push(harness) == {"pushed": 0, "retried": 0, "dead": 0}

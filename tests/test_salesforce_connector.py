@@ -647,3 +647,156 @@ async def test_record_lock_contention_is_retried_later(fake: FakeSalesforce, oau
     fake.fail_who_ids[locked.object_id or ""] = ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record")
     [result] = await connector.push_activities([locked])
     assert not result.ok and not result.permanent
+
+
+# -- the fake validates Tasks as Salesforce does --------------------------------------------------
+
+
+def post_tasks(fake: FakeSalesforce, records: list[dict[str, Any]]) -> Any:
+    import requests
+
+    token = fake.issue_token()
+    return requests.post(
+        f"{fake.url}/services/data/v59.0/composite/sobjects", json={"allOrNone": False, "records": records},
+        headers={"Authorization": f"Bearer {token}"}, timeout=10,
+    )
+
+
+def task(**fields: Any) -> dict[str, Any]:
+    return {"attributes": {"type": "Task"}, "WhoId": "0035g00000AbCdEAAZ", "Subject": "s", "Status": "Completed",
+            "ActivityDate": "2026-01-05", **fields}
+
+
+def test_fake_refuses_task_fields_and_values_salesforce_refuses(fake: FakeSalesforce) -> None:
+    records = [
+        task(),
+        task(Status="Done"),
+        task(Priority="Urgent"),
+        task(TaskSubtype="Fax"),
+        task(WhoId="0015g00000AbCdEAAZ"),  # an Account id as WhoId
+        task(WhoId=None, WhatId="0035g00000AbCdEAAZ"),  # a Contact id as WhatId
+        task(Subject="x" * 256),
+        task(WhoId="00Q5g00000AbCdEAAZ", Priority="Low", TaskSubtype="Email"),  # a Lead is fine
+    ]
+    response = post_tasks(fake, records)
+    assert response.status_code == 200
+    answers = [(r["success"], (r["errors"] or [{}])[0].get("statusCode"), (r["errors"] or [{}])[0].get("fields")) for r in response.json()]
+    assert answers == [
+        (True, None, None),
+        (False, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["Status"]),
+        (False, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["Priority"]),
+        (False, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["TaskSubtype"]),
+        (False, "FIELD_INTEGRITY_EXCEPTION", ["WhoId"]),
+        (False, "FIELD_INTEGRITY_EXCEPTION", ["WhatId"]),
+        (False, "STRING_TOO_LONG", ["Subject"]),
+        (True, None, None),
+    ]
+    assert len(fake.created) == 2
+
+
+@pytest.mark.parametrize("bad, code, words", [
+    (task(Mood__c="happy"), "INVALID_FIELD", "No such column 'Mood__c' on sobject of type Task"),
+    (task(ActivityDate="01/05/2026"), "JSON_PARSER_ERROR", "Cannot deserialize instance of date"),
+])
+def test_fake_refuses_the_whole_request_for_an_unknown_field_or_a_bad_date(
+    fake: FakeSalesforce, bad: dict[str, Any], code: str, words: str
+) -> None:
+    response = post_tasks(fake, [task(), bad])
+    assert response.status_code == 400
+    [error] = response.json()
+    assert error["errorCode"] == code and words in error["message"]
+    assert fake.created == [], "nothing of a refused request is saved"
+
+
+async def test_every_task_the_connector_writes_passes_the_fakes_validation(fake: FakeSalesforce, oauth: dict[str, str]) -> None:
+    connector = make_connector(**oauth)
+    batch = [activity(1, "sent", to="a@b.example"), activity(2, "opened", open_count=3), activity(3, "clicked", link="https://x"),
+             activity(4, "bounced", reason="550"), activity(5, "unsubscribed"), activity(6, object_id="a015g00000XyZabAAB")]
+    batch[-1].object_type = "HCP_Profile__c"
+    batch[0].subject = "s" * 400
+    results = await connector.push_activities(batch)
+    assert [(r.ok, r.error) for r in results] == [(True, None)] * 6
+    assert fake.created[-1]["WhatId"] == "a015g00000XyZabAAB" and len(fake.created[0]["Subject"]) == 255
+    assert all(task["Description"].endswith(f"Ref: {a.reference}") for task, a in zip(fake.created, batch))
+
+
+# -- one bad record never takes good ones down with it -------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [[3], [1, 8], [2, 3, 4]])
+async def test_a_request_refused_whole_is_split_until_the_bad_record_is_alone(
+    fake: FakeSalesforce, oauth: dict[str, str], bad: list[int]
+) -> None:
+    connector = make_connector(**oauth)
+    batch = [activity(i) for i in range(1, 9)]
+    fake.malformed_who_ids.update(str(batch[i - 1].object_id) for i in bad)
+    results = await connector.push_activities(batch)
+    assert {r.activity_id for r in results if r.ok} == set(range(1, 9)) - set(bad)
+    assert all(r.permanent and "JSON_PARSER_ERROR" in (r.error or "") for r in results if not r.ok)
+    assert sorted(t["WhoId"] for t in fake.created) == sorted(str(a.object_id) for a in batch if a.id not in bad)
+    assert len(fake.calls("composite/sobjects", "POST")) <= 2 * 8 - 1
+
+
+async def test_a_rate_limit_while_splitting_stops_the_rest(fake: FakeSalesforce, oauth: dict[str, str]) -> None:
+    connector = make_connector(**oauth)
+    batch = [activity(i) for i in range(1, 5)]
+    fake.malformed_who_ids.add(str(batch[0].object_id))
+    fake.fail_next(400, [{"message": "Cannot deserialize", "errorCode": "JSON_PARSER_ERROR"}])
+    fake.limit_exceeded(retry_after=30)
+    results = await connector.push_activities(batch)
+    assert [(r.ok, r.permanent, r.retry_after) for r in results] == [(False, False, 30.0)] * 4
+    assert len(fake.calls("composite/sobjects", "POST")) == 2 and fake.created == []
+
+
+# -- retries never write a second Task -----------------------------------------------------------
+
+
+async def test_a_retry_after_a_lost_reply_finds_the_tasks_and_creates_only_the_rest(
+    fake: FakeSalesforce, oauth: dict[str, str]
+) -> None:
+    connector = make_connector(**oauth)
+    batch = [activity(1, "sent"), activity(2, "opened"), activity(3, "clicked", link="https://x/a")]
+    fake.lose_replies(1)
+    lost = await connector.push_activities(batch)
+    assert [(r.ok, r.permanent) for r in lost] == [(False, False)] * 3 and len(fake.created) == 3
+
+    same_day = activity(4, "clicked", link="https://x/b")
+    same_day.object_id = batch[2].object_id  # same Contact, same day: told apart by its reference
+    for item in batch + [same_day]:
+        item.verify = True
+    results = await connector.push_activities(batch + [same_day])
+    assert [r.ok for r in results] == [True] * 4
+    assert len(fake.created) == 4 and len(fake.tasks_on(str(batch[2].object_id))) == 2
+    [query] = fake.calls("/query", "GET")
+    assert len(fake.calls("composite/sobjects", "POST")) == 2
+    assert [r["WhoId"] for r in fake.calls("composite/sobjects", "POST")[-1].json()["records"]] == [same_day.object_id]
+
+
+async def test_a_lookup_that_fails_creates_nothing_blind(fake: FakeSalesforce, oauth: dict[str, str]) -> None:
+    connector = make_connector(**oauth)
+    doubtful = activity(1)
+    doubtful.verify = True
+    fake.fail_next(503, [{"message": "down", "errorCode": "SERVER_UNAVAILABLE"}])
+    [result] = await connector.push_activities([doubtful])
+    assert (result.ok, result.permanent) == (False, False) and fake.created == []
+    assert fake.calls("composite/sobjects") == []
+
+
+async def test_with_an_external_id_field_tasks_are_upserted(fake: FakeSalesforce, oauth: dict[str, str]) -> None:
+    connector = make_connector(**oauth, activity_id_field="Trigger_Email_Activity__c")
+    fake.custom_fields.add("Trigger_Email_Activity__c")
+    fake.external_id_fields.add("Trigger_Email_Activity__c")
+    batch = [activity(1, "sent"), activity(2, "opened")]
+    fake.lose_replies(1)
+    assert [r.ok for r in await connector.push_activities(batch)] == [False, False]
+    assert [r.ok for r in await connector.push_activities(batch)] == [True, True]
+    assert len(fake.created) == 2 and {t["Trigger_Email_Activity__c"] for t in fake.created} == {a.reference for a in batch}
+    [first, second] = fake.calls("composite/sobjects/Task/Trigger_Email_Activity__c", "PATCH")
+    assert second.json()["records"][0]["Trigger_Email_Activity__c"] == batch[0].reference
+    assert fake.calls("/query") == [], "an upsert needs no lookup"
+
+
+async def test_an_external_id_field_the_org_lacks_is_reported(fake: FakeSalesforce, oauth: dict[str, str]) -> None:
+    connector = make_connector(**oauth, activity_id_field="Missing__c")
+    [result] = await connector.push_activities([activity(1)])
+    assert not result.ok and "Missing__c" in (result.error or "") and fake.created == []

@@ -24,7 +24,7 @@ import yaml
 from sqlalchemy import func, select, text
 
 from connectors.salesforce import sign_event
-from core.db import inbound_events
+from core.db import inbound_events, triggers
 from core.npi import make_npi
 from core.outbox import push_outbox
 from tests.fakes.fake_salesforce import FakeSalesforce, fake, fake_server  # noqa: F401  (fixtures)
@@ -345,7 +345,7 @@ async def test_a_failed_store_is_a_server_fault_and_the_retry_is_acknowledged(ha
     async with harness.rt.db.begin() as connection:
         await connection.execute(text("ALTER TABLE inbound_events_away RENAME TO inbound_events"))
     failed = Delivery(response.status_code, response.text)
-    assert failed.fault[:2] == (500, "soapenv:Server") and harness.smtp.messages == []
+    assert failed.fault[:2] == (503, "soapenv:Server") and harness.smtp.messages == []  # Salesforce retries it
     retried = await deliver(harness, "outbound_contact.xml")
     assert retried.ack and retried.outcomes == {"04l5g00000Gx7QzAAJ": ["sent to jane.doe@clinic.example"]}
 
@@ -518,7 +518,68 @@ async def test_daily_api_budget_is_in_metrics(harness: Harness, fake: FakeSalesf
 async def test_openapi_describes_both_routes(harness: Harness) -> None:
     paths = (await harness.client.get("/openapi.json")).json()["paths"]
     outbound, events = paths["/webhooks/salesforce/outbound"]["post"], paths["/webhooks/salesforce/events"]["post"]
-    assert sorted(outbound["responses"]) == ["200", "400", "403", "415", "500"]
+    assert sorted(outbound["responses"]) == ["200", "400", "403", "415", "500", "503"]
     assert sorted(events["responses"]) == ["200", "400", "401", "415", "503"]
     for response in [*outbound["responses"].values(), *events["responses"].values()]:
         assert list(response) == ["description"], response
+
+
+async def test_crm_fields_that_cannot_be_stored_are_dropped_with_a_note(harness: Harness, fake: FakeSalesforce) -> None:
+    """A record's field holding NUL (PostgreSQL refuses it) or 20,000 characters is left out
+    of the trigger's data, the trigger says so, and the email still goes out."""
+    fake.add_record("Lead", LEAD, NPI__c=JANE, Nickname__c="Ngu\x00yen", Description="d" * 20_000, Rating="Hot")
+    delivery = await deliver(harness, "outbound_lead.xml")
+    assert delivery.ack and delivery.outcomes == {"04l5g00000Gx7R0AAJ": ["sent to jane.doe@clinic.example"]}
+    async with harness.rt.db.connect() as connection:
+        [trigger_id] = (await connection.execute(select(triggers.c.id))).scalars().all()
+    view = await harness.outcome(trigger_id)
+    assert view["data"]["Rating"] == "Hot"
+    assert "Nickname__c" not in view["data"] and "Description" not in view["data"]
+    assert view["notes"] == [
+        "data field 'Nickname__c' dropped: contains a NUL character",
+        "data field 'Description' dropped: longer than 10000 characters (20000)",
+    ]
+
+
+async def test_an_npi_field_holding_nul_ends_as_invalid_npi(harness: Harness, fake: FakeSalesforce) -> None:
+    fake.add_record("Lead", LEAD, NPI__c="12345\x0067893")
+    delivery = await deliver(harness, "outbound_lead.xml")
+    assert delivery.ack
+    [line] = delivery.outcomes["04l5g00000Gx7R0AAJ"]
+    assert line.startswith("invalid_npi: npi must be 10 digits"), line
+
+
+# -- write-back that survives Salesforce's faults without a second Task ---------------------------
+
+
+async def test_429_then_500s_then_a_lost_reply_leave_exactly_one_task_per_activity(
+    harness: Harness, fake: FakeSalesforce, tmp_path: Path
+) -> None:
+    contacts = [(f"0035g{index:010d}AAA", make_npi(f"1{index:08d}")) for index in range(3)]
+    rows = "".join(f"{npi},Pat{i},Lung{i},MD,Pulmonary Disease,NJ,pat{i}@lung.example\n" for i, (_, npi) in enumerate(contacts))
+    await load_directory(harness.rt, tmp_path, "npi,first_name,last_name,credential,specialty,state,email\n" + rows)
+    assert (await deliver(harness, outbound_message(contacts, 7))).ack
+    harness.clock.advance(timedelta(minutes=5))
+    await engage(harness, harness.smtp.messages[0])  # opened, 2 × clicked, unsubscribed
+    assert (await harness.client.get("/v1/outbox", headers=harness.auth)).json()["counts"] == {"pending": 7}
+
+    fake.fail_next(429, [{"message": "slow down", "errorCode": "REQUEST_LIMIT_EXCEEDED"}], {"Retry-After": "5"})
+    first = await push(harness)
+    assert first == {"pushed": 0, "retried": 7, "dead": 0}
+    harness.clock.advance(timedelta(seconds=1.5))
+    assert await push(harness) == {"pushed": 0, "retried": 0, "dead": 0}, "Salesforce asked for 5 s"
+    harness.clock.advance(timedelta(seconds=3.5))
+    fake.fail_next(500, [{"message": "oops", "errorCode": "UNKNOWN_EXCEPTION"}])
+    assert (await push(harness))["pushed"] == 0
+    harness.clock.advance(timedelta(seconds=15))
+    fake.lose_replies(1)
+    assert (await push(harness))["pushed"] == 0
+    assert len(fake.created) == first["retried"], "the lost answer's Tasks were saved all the same"
+    harness.clock.advance(timedelta(seconds=30))
+    assert (await push(harness))["pushed"] == first["retried"]
+
+    assert len(fake.created) == first["retried"], "one Task per activity, none twice"
+    assert sorted(t["Description"].rsplit("Ref: ", 1)[1] for t in fake.created) == sorted(
+        set(t["Description"].rsplit("Ref: ", 1)[1] for t in fake.created)
+    )
+    assert (await harness.client.get("/v1/outbox", headers=harness.auth)).json()["counts"] == {"pushed": first["retried"]}

@@ -148,3 +148,22 @@ async def test_transactional_mail_never_goes_to_a_hard_bounced_address(harness: 
     again, _ = await sent_email(harness, JANE, "sample-confirmation")
     assert again["messages"][0]["to"] == "jdoe@health.example"
     assert [e[1] for e in harness.smtp.envelopes] == [["jdoe@health.example"], ["jdoe@health.example"]]
+
+
+async def test_head_and_get_never_unsubscribe(harness: Harness) -> None:
+    """Link scanners and mail gateways send HEAD and GET: the HCP stays subscribed."""
+    from sqlalchemy import func, select
+
+    from core.db import suppressions
+
+    first, email = await sent_email(harness)
+    url = unsubscribe_url(email)
+    for method in ("HEAD", "GET", "HEAD"):
+        response = await harness.client.request(method, url)
+        assert response.status_code == 200, (method, response.status_code)
+    async with harness.rt.db.connect() as connection:
+        assert (await connection.execute(select(func.count()).select_from(suppressions))).scalar_one() == 0
+    view = await harness.outcome(first["id"])
+    assert view["messages"][0]["unsubscribed"] is False
+    await one_click(harness, email)
+    assert (await harness.outcome(first["id"]))["messages"][0]["unsubscribed"] is True

@@ -33,6 +33,8 @@ app.add_typer(apikey_app, name="apikey")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(db_app, name="db")
 app.add_typer(suppress_app, name="suppress")
+messages_app = typer.Typer(help="Messages: settle the ones whose delivery is unknown.", no_args_is_help=True)
+app.add_typer(messages_app, name="messages")
 
 out = Console()
 err = Console(stderr=True)
@@ -53,8 +55,25 @@ def _config(path: str | None = None):  # type: ignore[no-untyped-def]
     except ConfigError as error:
         err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
         for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
+            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _production_settings() -> Settings:
+    """The settings of `serve`, `worker` and `bounces`, or exit 2 naming what is missing: no
+    production process runs on a guessable SECRET_KEY or the shipped example config."""
+    from config.secrets import production_problems
+
+    settings = _settings()
+    problems = production_problems(settings.secret_key, settings.trigger_email_config)
+    if problems:
+        err.print("[red]refusing to start:[/red]", highlight=False)
+        for problem in problems:
+            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+        err.print("  (`trigger-email dev` runs without them, with generated secrets and the example config)",
+                  highlight=False, markup=False)
+        raise typer.Exit(2)
+    return settings
 
 
 async def _runtime(*, redis: bool = False):  # type: ignore[no-untyped-def]
@@ -90,7 +109,10 @@ def _logging(level: str, log_format: str = "text") -> None:
 
 @config_app.command("check")
 def config_check(file: Optional[Path] = typer.Argument(None, help="The config file (default: $TRIGGER_EMAIL_CONFIG or the example).")) -> None:
-    """Validate a config file: every error with its path, exit 1; or a summary, exit 0."""
+    """Validate a config file: every error with its path, exit 1; or a summary, exit 0.
+    Weak secrets (short, or published in this repository) are warned about."""
+    from config.secrets import secret_warnings
+
     config = _config(str(file) if file else None)
     crms = [name for name in ("hubspot", "salesforce", "webhook") if getattr(config.crm, name) is not None]
     out.print(
@@ -101,6 +123,8 @@ def config_check(file: Optional[Path] = typer.Argument(None, help="The config fi
     for campaign in config.campaigns:
         resend = f", resend after {campaign.resend.after} ×{campaign.resend.max}" if campaign.resend else ""
         out.print(f"  {campaign.id} ({campaign.kind}): cooldown {campaign.cooldown}{resend}", highlight=False, markup=False)
+    for warning in secret_warnings(config, secret_key=_settings().secret_key or None):
+        err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
 
 
 @directory_app.command("import")
@@ -133,21 +157,77 @@ def directory_import(file: Path = typer.Argument(..., exists=True, dir_okay=Fals
 
 
 @apikey_app.command("create")
-def apikey_create(name: str = typer.Argument(..., help="Who uses the key, e.g. 'crm-relay'.")) -> None:
+def apikey_create(
+    name: str = typer.Argument(..., help="Who uses the key, e.g. 'crm-relay'."),
+    scope: Optional[list[str]] = typer.Option(
+        None, "--scope", help="triggers:write, read or admin; repeat for several (default: all three)."
+    ),
+) -> None:
     """Create an API key and print it (it is stored hashed and cannot be shown again)."""
-    from core.apikeys import create_key
+    from core.apikeys import create_key, scopes_text
     from core.clock import Clock
     from core.db import Database
+
+    scopes = [part for value in scope or [] for part in value.replace(",", " ").split()] or None
+    try:
+        scopes_text(scopes)
+    except ValueError as exc:
+        err.print(f"--scope: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
 
     async def go() -> str:
         db = Database(_settings().database_url, pgbouncer=_settings().database_pgbouncer)
         try:
-            return await create_key(db, name, Clock().now())
+            return await create_key(db, name, Clock().now(), scopes)
         finally:
             await db.dispose()
 
     key = run(go())
     print(key)
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """Show every API key: name, prefix, scopes, when it was created, last used, revoked."""
+    from core.apikeys import list_keys
+    from core.db import Database
+
+    async def go() -> list[dict[str, Any]]:
+        db = Database(_settings().database_url)
+        try:
+            return await list_keys(db)
+        finally:
+            await db.dispose()
+
+    def when(value: Any) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
+
+    table = Table("name", "prefix", "scopes", "created", "last used", "revoked")
+    for row in run(go()):
+        table.add_row(row["name"], row["prefix"], row["scopes"], when(row["created_at"]), when(row["last_used_at"]),
+                      when(row["revoked_at"]))
+    out.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(name: str = typer.Argument(..., help="The key's name (every key of that name) or its prefix.")) -> None:
+    """Revoke API keys by name or prefix: they are refused (401) from the next request on."""
+    from core.apikeys import revoke_key
+    from core.clock import Clock
+    from core.db import Database
+
+    async def go() -> int:
+        db = Database(_settings().database_url)
+        try:
+            return await revoke_key(db, name, Clock().now())
+        finally:
+            await db.dispose()
+
+    revoked = run(go())
+    if not revoked:
+        err.print(f"no active API key named {name!r}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    print(f"revoked {revoked} API key(s) {name}")
 
 
 @app.command("trigger")
@@ -164,10 +244,12 @@ def trigger(
     if problem:
         err.print(f"--npi: {problem}", highlight=False)
         raise typer.Exit(2)
+    from webhooks.common import HTTPProblem, parse_json
+
     try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        err.print(f"--data: not valid JSON: {exc}", highlight=False)
+        payload = parse_json(data)
+    except HTTPProblem as exc:
+        err.print(f"--data: {exc.reason.replace('body', 'the value')}", highlight=False, markup=False)
         raise typer.Exit(2) from None
     if not isinstance(payload, dict):
         err.print("--data: must be a JSON object", highlight=False)
@@ -295,6 +377,34 @@ def suppress_list() -> None:
     out.print(table)
 
 
+@messages_app.command("resolve")
+def messages_resolve(
+    message_id: str = typer.Argument(..., metavar="ID", help="The message id (msg_…), as GET /v1/triggers/{id} shows it."),
+    verdict: str = typer.Argument(..., metavar="sent|resend", help="sent: it was delivered; resend: it was not, send it again."),
+) -> None:
+    """Settle a message whose delivery is `unknown` (its SMTP transaction was cut off)."""
+    from core.sending import NotUnknown, resolve_message
+
+    if verdict not in ("sent", "resend"):
+        err.print(f"verdict: expected sent or resend, got {verdict!r}", highlight=False, markup=False)
+        raise typer.Exit(2)
+
+    async def go() -> dict[str, Any]:
+        rt = await _runtime(redis=True)
+        try:
+            return await resolve_message(rt, message_id, verdict)
+        finally:
+            await rt.aclose()
+
+    try:
+        result = run(go())
+    except NotUnknown as error:
+        err.print(f"ID: {error}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    done = "recorded as sent" if verdict == "sent" else "queued to be sent again"
+    print(f"message {message_id} {done} (trigger {result['trigger_id']})")
+
+
 @app.command("serve")
 def serve(
     host: str = typer.Option("0.0.0.0", "--host"),
@@ -306,7 +416,7 @@ def serve(
 
     from webhooks.app import create_app
 
-    settings = _settings()
+    settings = _production_settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
     uvicorn.run(create_app(), host=host, port=port, fd=fd, log_level=settings.log_level.lower(), proxy_headers=True)
@@ -315,14 +425,12 @@ def serve(
 @app.command("worker")
 def worker() -> None:
     """Run an arq worker: decisions, sends, CRM events, the due-work sweep and the CRM pusher."""
-    from arq.worker import run_worker
+    from workers.settings import run as run_worker
 
-    from workers.settings import WorkerSettings
-
-    settings = _settings()
+    settings = _production_settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
-    _run_worker_through_redis_outages(lambda: run_worker(WorkerSettings))  # type: ignore[arg-type]
+    _run_worker_through_redis_outages(run_worker)
 
 
 def _run_worker_through_redis_outages(run: Any, pause: float = 2.0) -> None:
@@ -355,7 +463,8 @@ def bounces(
     """Receive bounce reports (RFC 3464) and complaints (RFC 5965) over SMTP."""
     from core.bounce_listener import start_bounce_listener
 
-    settings = _settings()
+    settings = _production_settings()
+    _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
 
     async def go() -> None:
@@ -393,7 +502,7 @@ def dev(
     except ConfigError as error:
         err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
         for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
+            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

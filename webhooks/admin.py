@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -13,9 +12,9 @@ from starlette.routing import Route
 from core.clock import iso
 from core.directory import email_problem
 from core.npi import npi_problem
-from core.outbox import list_outbox, outbox_counts, retry_dead
+from core.outbox import list_outbox, outbox_counts, paused_until, retry_dead
 from core.suppression import add_suppression, list_suppressions, remove_suppressions
-from webhooks.common import HTTPProblem, api_key_required, read_body, runtime
+from webhooks.common import HTTPProblem, api_key_required, read_optional_json, runtime
 
 
 def _json(row: dict[str, Any]) -> dict[str, Any]:
@@ -36,17 +35,6 @@ def _target(body: Any) -> tuple[str | None, str | None]:
     if address and (not isinstance(address, str) or email_problem(address)):
         raise HTTPProblem(422, f"invalid email address {address!r}", "email")
     return npi, address.lower() if address else None
-
-
-async def _optional_json(request: Request) -> Any:
-    """The JSON body, or None when the request has none."""
-    raw = await read_body(request)
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPProblem(422, f"body is not valid JSON: {exc}", "body") from None
 
 
 def _suppression_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +66,7 @@ async def suppressions(request: Request) -> Response:
         async with rt.db.connect() as connection:
             rows = await list_suppressions(connection, npi=query.get("npi"), address=query.get("email"))
         return JSONResponse({"suppressions": [_suppression_json(row) for row in rows]})
-    body = await _optional_json(request)
+    body = await read_optional_json(request)
     if body is None:
         if request.method == "POST":
             raise HTTPProblem(422, "body must be a JSON object", "body")
@@ -107,17 +95,18 @@ async def outbox(request: Request) -> Response:
     """
     summary: CRM activity outbox rows, newest first (?status=pending|pushed|dead, ?limit=1..1000, default 100)
     responses:
-      200: {description: "{counts, items}"}
+      200: {description: "{counts, items, paused}: paused maps a CRM that asked to wait (429 / Retry-After) to the time pushes resume"}
     """
     rt = runtime(request)
     status = request.query_params.get("status")
     if status not in (None, "pending", "pushed", "dead"):
         raise HTTPProblem(422, "status must be pending, pushed or dead", "status")
     limit = request.query_params.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
         raise HTTPProblem(422, "limit must be a number from 1 to 1000", "limit")
     rows = await list_outbox(rt, status=status, limit=int(limit))
-    return JSONResponse({"counts": await outbox_counts(rt), "items": [_json(row) for row in rows]})
+    paused = {crm: iso(until) for crm, until in (await paused_until(rt)).items()}
+    return JSONResponse({"counts": await outbox_counts(rt), "items": [_json(row) for row in rows], "paused": paused})
 
 
 @api_key_required
@@ -128,7 +117,7 @@ async def outbox_retry(request: Request) -> Response:
       200: {description: "{retried}"}
     """
     rt = runtime(request)
-    body = await _optional_json(request)
+    body = await read_optional_json(request)
     ids = body.get("ids") if isinstance(body, dict) else None
     if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
         raise HTTPProblem(422, "ids must be a list of integers", "ids")

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from core.campaigns import describe, is_paused, paused_ids, set_paused
 from core.db import messages, triggers
 from core.npi import npi_problem
-from core.triggers import accept_trigger, trigger_view
+from core.triggers import IdempotencyMismatch, accept_trigger, storage_problem, trigger_view
 from webhooks.common import HTTPProblem, api_key_required, problem, read_json, runtime
 
 
@@ -29,6 +29,8 @@ def validate_trigger(body: Any, config: Any) -> tuple[str, str, dict[str, Any]]:
     campaign_id = body.get("campaign_id")
     if not isinstance(campaign_id, str) or not campaign_id:
         raise HTTPProblem(422, "campaign_id is required (a string)", "campaign_id")
+    if len(campaign_id) > 128:
+        raise HTTPProblem(422, "campaign_id must be at most 128 characters", "campaign_id")
     if config.campaign(campaign_id) is None:
         raise HTTPProblem(422, f"unknown campaign_id {campaign_id!r}", "campaign_id")
     data = body.get("data", {})
@@ -36,13 +38,17 @@ def validate_trigger(body: Any, config: Any) -> tuple[str, str, dict[str, Any]]:
         data = {}
     if not isinstance(data, dict):
         raise HTTPProblem(422, "data must be a JSON object", "data")
+    for key, value in data.items():
+        problem = storage_problem(key) or storage_problem(value)
+        if problem:
+            raise HTTPProblem(422, f"data.{key[:60]}: {problem}", f"data.{key[:60]}")
     unknown = set(body) - {"npi", "campaign_id", "data"}
     if unknown:
         raise HTTPProblem(422, f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
     return npi, campaign_id, data
 
 
-@api_key_required
+@api_key_required(scope="triggers:write")
 async def create_trigger(request: Request) -> Response:
     """
     summary: Trigger a campaign email to one HCP
@@ -62,17 +68,26 @@ async def create_trigger(request: Request) -> Response:
     responses:
       202: {description: "Accepted: {id, status}"}
       401: {description: Missing or wrong API key}
+      403: {description: "The API key lacks the triggers:write scope"}
       413: {description: Body over 64 KiB}
-      422: {description: "Invalid field: {error, field}"}
+      422: {description: "Invalid field, or an Idempotency-Key reused with another body: {error, field}"}
     """
     rt = runtime(request)
     body = await read_json(request)
     npi, campaign_id, data = validate_trigger(body, rt.config)
     key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= 200):
-        raise HTTPProblem(422, "Idempotency-Key must be 1 to 200 characters", "Idempotency-Key")
+    if key is not None and not (0 < len(key) <= 200 and key.isprintable()):
+        raise HTTPProblem(422, "Idempotency-Key must be 1 to 200 printable characters", "Idempotency-Key")
     scoped = f"api:{request.state.api_key['id']}:{key}" if key else None
-    accepted = await accept_trigger(rt, npi=npi, campaign_id=campaign_id, data=data, source="api", idempotency_key=scoped)
+    try:
+        accepted = await accept_trigger(
+            rt, npi=npi, campaign_id=campaign_id, data=data, source="api", idempotency_key=scoped, check_request=True
+        )
+    except IdempotencyMismatch:
+        raise HTTPProblem(
+            422, "Idempotency-Key was already used with a different request body; use a new key for a new request",
+            "Idempotency-Key",
+        ) from None
     return JSONResponse({"id": accepted.id, "status": accepted.status}, status_code=202)
 
 
@@ -84,7 +99,8 @@ async def get_trigger(request: Request) -> Response:
       200: {description: "{id, npi, campaign_id, status, reason, created_at, decided_at, messages}"}
       404: {description: No such trigger}
     """
-    view = await trigger_view(runtime(request), request.path_params["trigger_id"])
+    trigger_id = request.path_params["trigger_id"]
+    view = await trigger_view(runtime(request), trigger_id) if len(trigger_id) <= 40 else None
     if view is None:
         return problem(404, "no such trigger")
     return JSONResponse(view)

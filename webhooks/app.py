@@ -14,11 +14,11 @@ from webhooks import api, dev, health
 
 
 def all_routes(*, dev_routes: bool) -> list[BaseRoute]:
-    from webhooks import admin, hubspot, salesforce, tracking
+    from webhooks import admin, events, hubspot, salesforce, tracking
 
     # Tracking first: pixel loads are the most frequent requests by far.
     routes: list[BaseRoute] = [
-        *tracking.routes, *health.routes, *api.routes, *admin.routes, *hubspot.routes, *salesforce.routes,
+        *tracking.routes, *health.routes, *api.routes, *admin.routes, *hubspot.routes, *salesforce.routes, *events.routes,
     ]
     if dev_routes:
         routes += dev.routes
@@ -52,7 +52,17 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
             await flush_engagement(built)
             await built.aclose()
 
-    app = Starlette(routes=all_routes(dev_routes=dev_routes), lifespan=lifespan)
+    from starlette.middleware import Middleware
+
+    from webhooks.common import RefuseHostileUrls, redact_access_log, unavailable_exception_types, unavailable_handler
+
+    redact_access_log()
+    app = Starlette(
+        routes=all_routes(dev_routes=dev_routes),
+        lifespan=lifespan,
+        middleware=[Middleware(RefuseHostileUrls)],
+        exception_handlers={kind: unavailable_handler for kind in unavailable_exception_types()},
+    )
     if rt is not None:
         app.state.runtime = rt
     return app

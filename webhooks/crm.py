@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from connectors.base import Connector, InboundRequest, WebhookRejected
 from core.inbound import store_events
 from core.metrics import WEBHOOKS
-from webhooks.common import HTTPProblem, read_body, runtime
+from webhooks.common import HTTPProblem, parse_json, read_body, runtime
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,18 @@ async def receive(request: Request, name: str) -> tuple[Response | None, int, in
         method=request.method, public_url=public_url(request), headers={k.lower(): v for k, v in request.headers.items()}, body=body
     )
     try:
+        if body.lstrip()[:1] in (b"{", b"["):
+            # Hostile JSON (too deep, NaN, NUL, lone surrogates, not UTF-8) is refused here,
+            # for every CRM, before a connector decodes it: a 400 the CRM does not retry.
+            parse_json(body, status=400)
         connector.verify(inbound)
         events = connector.parse(inbound)
     except WebhookRejected as rejected:
         log.info("%s webhook rejected: %s %s", name, rejected.status, rejected.reason)
         return _rejection(name, rejected), 0, 0
+    except HTTPProblem as exc:
+        log.info("%s webhook rejected: %s %s", name, exc.status, exc.reason)
+        return _rejection(name, WebhookRejected(exc.status, exc.reason)), 0, 0
     new, duplicates = await store_events(runtime(request), events)
     WEBHOOKS.labels(name, "stored").inc(new)
     WEBHOOKS.labels(name, "duplicate").inc(duplicates)

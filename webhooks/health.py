@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -13,15 +14,18 @@ from starlette.schemas import SchemaGenerator
 
 from webhooks.common import runtime
 
+log = logging.getLogger(__name__)
+
 schemas = SchemaGenerator({"openapi": "3.0.3", "info": {"title": "trigger-email", "version": "1"}})
 
 
 async def health(request: Request) -> Response:
     """
-    summary: Liveness and readiness (database and Redis answer)
+    summary: Liveness and readiness, per dependency (database, Redis)
+    description: "Each dependency is `ok` or `unavailable`; `status` is `ok` when all are, else `degraded` (503). No host, port or error text is shown: the logs have those."
     responses:
       200: {description: "{status: ok, database: ok, redis: ok}"}
-      503: {description: A dependency does not answer}
+      503: {description: "{status: degraded, database: unavailable, redis: ok}"}
     """
     rt = runtime(request)
     checks: dict[str, str] = {}
@@ -30,9 +34,13 @@ async def health(request: Request) -> Response:
             await asyncio.wait_for(probe(), timeout=3)
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            checks[name] = f"error: {type(exc).__name__}: {exc}"
+            log.warning("health: %s unavailable: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = "unavailable"
     healthy = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503)
+    return JSONResponse(
+        {"status": "ok" if healthy else "degraded", **checks},
+        status_code=200 if healthy else 503, headers=None if healthy else {"Retry-After": "30"},
+    )
 
 
 async def metrics(request: Request) -> Response:

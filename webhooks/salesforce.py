@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from connectors.salesforce import SOAP_MEDIA_TYPE, soap_ack, soap_fault
 from core.metrics import WEBHOOKS
+from webhooks.common import RETRY_AFTER, is_unavailable, unavailable
 from webhooks.crm import receive
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,18 @@ async def salesforce_outbound(request: Request) -> Response:
       403: {description: "SOAP fault: another organization"}
       415: {description: "SOAP fault: a JSON body (events go to /webhooks/salesforce/events)"}
       500: {description: "SOAP fault (Server): not stored; Salesforce retries"}
+      503: {description: "SOAP fault (Server): the database does not answer; Salesforce retries"}
     """
     try:
         error, _new, _duplicates = await receive(request, SOURCE)
-    except Exception:  # noqa: BLE001 - whatever failed, nothing was acknowledged: Salesforce retries
-        log.exception("salesforce outbound message could not be stored")
+    except Exception as exc:  # noqa: BLE001 - whatever failed, nothing was acknowledged: Salesforce retries
         WEBHOOKS.labels(SOURCE, "store_failed").inc()
+        if is_unavailable(exc):
+            log.warning("salesforce outbound message not stored: database unavailable (%s)", type(exc).__name__)
+            fault = _fault(503, "the service is temporarily unavailable; retry later", code="Server")
+            fault.headers["Retry-After"] = RETRY_AFTER
+            return fault
+        log.exception("salesforce outbound message could not be stored")
         return _fault(500, "the notifications could not be stored; retry later", code="Server")
     if error is not None:
         return _as_fault(error)
@@ -61,11 +68,14 @@ async def salesforce_events(request: Request) -> Response:
     """
     try:
         error, new, duplicates = await receive(request, SOURCE)
-    except Exception:  # noqa: BLE001 - nothing was acknowledged; the sender may retry
-        log.exception("salesforce events could not be stored")
+    except Exception as exc:  # noqa: BLE001 - nothing was acknowledged; the sender may retry
         WEBHOOKS.labels(SOURCE, "store_failed").inc()
+        if is_unavailable(exc):
+            log.warning("salesforce events not stored: database unavailable (%s)", type(exc).__name__)
+            return unavailable()
+        log.exception("salesforce events could not be stored")
         return JSONResponse({"error": "the events could not be stored; retry later"}, status_code=503,
-                            headers={"Retry-After": "30"})
+                            headers={"Retry-After": RETRY_AFTER})
     return error or JSONResponse({"received": new, "duplicates": duplicates})
 
 

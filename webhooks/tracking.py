@@ -45,7 +45,7 @@ async def click(request: Request) -> Response:
     """
     rt = runtime(request)
     payload = tokens_for(rt).read(request.path_params["token"], "c")
-    if payload is None or len(payload) != 3 or not isinstance(payload[2], int):
+    if payload is None:
         return _not_found()
     prefetch = request.method == "HEAD"
     url = await record_click(rt, payload[1], payload[2], request.headers.get("user-agent"), prefetch=prefetch)
@@ -76,7 +76,8 @@ async def unsubscribe_page(request: Request) -> Response:
     payload = tokens_for(rt).read(token, "u")
     if payload is None:
         return _not_found()
-    if request.method == "GET":
+    if request.method != "POST":
+        # GET and HEAD (link scanners, mail gateways) only show the page; nothing changes.
         body = (
             "<h1>Unsubscribe</h1><p>Stop receiving these emails?</p>"
             f'<form method="post" action="{escape(rt.config.public_url)}/u/{escape(token)}">'

@@ -8,7 +8,6 @@ from core.decisions import decide
 from core.outbox import push_outbox
 from core.runtime import Runtime
 from core.scheduler import sweep as sweep_due
-from core.sending import deliver
 from core.sending import send_message as send_one
 
 
@@ -21,8 +20,9 @@ async def process_trigger(ctx: dict[str, Any], trigger_id: str) -> str | None:
     decision = await decide(rt, trigger_id, send_now=True)
     if decision is None:
         return None
-    if decision.message is not None:
-        return await deliver(rt, decision.message)
+    if decision.message_id is not None:
+        # Sent in the same job; the row stays `queued` until an SMTP connection is in hand.
+        return await send_one(rt, decision.message_id)
     return decision.status
 
 

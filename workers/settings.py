@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from signal import Signals
 from typing import Any
 
 from arq import cron
-from arq.worker import Worker
+from arq.worker import Worker, get_kwargs
 
 from config import Settings
 from core.runtime import Runtime, build_runtime
@@ -27,6 +30,44 @@ MAX_JOBS = 40
 POLL_DELAY = 0.05
 """arq sleeps `poll_delay` between fetches of at most `max_jobs`: with its defaults (0.5 s,
 10) a worker could never start more than 20 jobs a second."""
+
+
+log = logging.getLogger(__name__)
+
+
+class StoppingWorker(Worker):
+    """arq's worker, stopping the way a mail sender must. On SIGTERM/SIGINT it takes no new
+    job, wakes the jobs waiting for an SMTP connection (they put their message back to
+    `queued` for the other workers), lets the SMTP transactions in flight and the other
+    running jobs finish for up to `shutdown_grace` seconds, then cancels what is left (a
+    message cut inside DATA becomes `unknown`, any other goes back to `queued`). A second
+    signal stops at once."""
+
+    _stopping = False
+
+    def handle_sig(self, signum: Signals) -> None:
+        rt: Runtime | None = self.ctx.get("runtime")
+        if self._stopping or rt is None:
+            super().handle_sig(signum)
+            return
+        self._stopping = True
+        self.allow_pick_jobs = False
+        rt.mailer.stop()
+        log.info("stopping on %s: no new jobs; %d running get %.0f s to finish", Signals(signum).name,
+                 sum(not t.done() for t in self.tasks.values()), rt.settings.shutdown_grace)
+        self.loop.create_task(self._finish_then_stop(rt, signum))
+
+    async def _finish_then_stop(self, rt: Runtime, signum: Signals) -> None:
+        deadline = self.loop.time() + rt.settings.shutdown_grace
+        while any(not t.done() for t in self.tasks.values()) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        rt.mailer.grace = 0.0  # the grace is spent: what is still inside DATA is cut now
+        super().handle_sig(signum)
+
+
+def run() -> None:
+    """`trigger-email worker`: the arq worker with `WorkerSettings`, stopping gracefully."""
+    StoppingWorker(**get_kwargs(WorkerSettings)).run()  # type: ignore[arg-type]
 
 
 def attach_adapters(rt: Runtime) -> None:
@@ -67,7 +108,7 @@ class WorkerSettings:
 def make_worker(rt: Runtime, *, burst: bool = False, handle_signals: bool = True, **options: Any) -> Worker:
     """A worker that shares `rt` (dev mode and tests run it in the web process's loop)."""
     attach_adapters(rt)
-    return Worker(
+    return StoppingWorker(
         functions=FUNCTIONS,
         cron_jobs=[] if burst else CRON_JOBS,
         redis_pool=rt.queue.redis,

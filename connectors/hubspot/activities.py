@@ -38,9 +38,13 @@ class BatchCall:
     object_type: ObjectType
     activities: list[Activity]
 
-    def body(self, sender: str) -> dict[str, Any]:
+    def body(self, sender: str, id_property: str | None = None) -> dict[str, Any]:
         build = email_input if self.object_type == "emails" else note_input
-        return {"inputs": [build(activity, sender) for activity in self.activities]}
+        return {"inputs": [build(activity, sender, id_property) for activity in self.activities]}
+
+    def halves(self) -> tuple["BatchCall", "BatchCall"]:
+        middle = len(self.activities) // 2
+        return BatchCall(self.object_type, self.activities[:middle]), BatchCall(self.object_type, self.activities[middle:])
 
 
 def plan_calls(activities: Iterable[Activity]) -> Iterator[BatchCall]:
@@ -63,7 +67,15 @@ def unpushable(activity: Activity) -> str | None:
     return None
 
 
-def email_input(activity: Activity, sender: str) -> dict[str, Any]:
+def reference(activity: Activity) -> str:
+    return activity.reference
+
+
+def body_property(object_type: ObjectType) -> str:
+    return "hs_email_text" if object_type == "emails" else "hs_note_body"
+
+
+def email_input(activity: Activity, sender: str, id_property: str | None = None) -> dict[str, Any]:
     """An email engagement, logged as sent from our sender to the HCP's address."""
     to = activity.details.get("to")
     sender_name, sender_address = parseaddr(sender)
@@ -77,6 +89,7 @@ def email_input(activity: Activity, sender: str) -> dict[str, Any]:
         f"{activity.subject}\n\nCampaign: {activity.campaign_id}\nMessage-ID: {activity.message_id}"
         + (f"\nTo: {to}" if to else "")
     )
+    text += f"\nRef: {reference(activity)}"
     properties = {
         "hs_timestamp": timestamp(activity.occurred_at),
         "hs_email_direction": "EMAIL",
@@ -87,11 +100,15 @@ def email_input(activity: Activity, sender: str) -> dict[str, Any]:
     }
     if activity.details.get("html"):
         properties["hs_email_html"] = str(activity.details["html"])
+    if id_property:
+        properties[id_property] = reference(activity)
     return _input(activity, properties, "emails")
 
 
-def note_input(activity: Activity, sender: str = "") -> dict[str, Any]:
+def note_input(activity: Activity, sender: str = "", id_property: str | None = None) -> dict[str, Any]:
     properties = {"hs_timestamp": timestamp(activity.occurred_at), "hs_note_body": note_body(activity)}
+    if id_property:
+        properties[id_property] = reference(activity)
     return _input(activity, properties, "notes")
 
 
@@ -111,7 +128,7 @@ def note_body(activity: Activity) -> str:
         text = f"Bounced {subject}" + (f" to {to}" if to else "") + (f" — {reason}" if reason else "")
     else:
         text = f"Unsubscribed via {subject}"
-    return html.escape(f"{text} (campaign {activity.campaign_id})", quote=False)
+    return html.escape(f"{text} (campaign {activity.campaign_id}, ref {reference(activity)})", quote=False)
 
 
 def short(subject: str) -> str:

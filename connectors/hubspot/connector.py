@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Iterator
 
 import urllib3
 
 from config import Config, Settings
 from config.schema import HubSpotConfig
-from connectors.base import Connector, ContactInfo, InboundRequest, WebhookRejected, register
+from connectors.base import (
+    Connector,
+    ContactInfo,
+    InboundRequest,
+    WebhookRejected,
+    lease_expired,
+    lease_running_out,
+    register,
+)
 from connectors.hubspot import activities as hs_activities
 from connectors.hubspot.client import (
     DEFAULT_RETRY_AFTER,
@@ -40,6 +49,13 @@ FETCH_WAIT_LIMIT = 15.0
 """Seconds one event may spend waiting on HubSpot between tries. Enough for the 10-second
 burst window to roll over, well inside the worker's job timeout; past it the error goes up
 and the event waits in the database for its next attempt instead of holding a worker slot."""
+
+
+SEARCH_GROUPS = 5
+"""HubSpot's search takes up to five filter groups (OR), so five activities per search."""
+SEARCH_IN_VALUES = 100
+SEARCH_LIMIT = 100
+SEARCH_PAGES = 10
 
 
 @register
@@ -166,8 +182,10 @@ class HubSpotConnector(Connector):
         """Sent emails as email engagements, everything else as notes, on the contact.
 
         A 429 stops the batch: what was not yet written waits `retry_after`. A 5xx or a
-        lost connection fails that call's items for a later retry. Per-item errors of a
-        207 dead-letter only those items."""
+        lost connection fails that call's items for a later retry, and that retry first
+        looks for what the earlier call may have written. Per-item errors of a 207
+        dead-letter only those items; a whole batch refused with 400 is split in halves
+        until the bad input is alone, so the good ones are still written."""
         results: dict[int, PushResult] = {}
         pushable = []
         for activity in batch:
@@ -184,18 +202,98 @@ class HubSpotConnector(Connector):
                 outcome = await self._push_call(call)
                 throttled = next((result.retry_after for result in outcome if result.retry_after is not None), None)
             else:
-                outcome = [PushResult(a.id, ok=False, error="HubSpot rate limit", retry_after=throttled) for a in call.activities]
+                outcome = _waiting(call.activities, throttled)
             results.update({result.activity_id: result for result in outcome})
         return [results[activity.id] for activity in batch]
 
     async def _push_call(self, call: hs_activities.BatchCall) -> list[PushResult]:
-        body = call.body(self.config.sender.from_)
+        """Activities an earlier try may have written are looked up first; the rest created."""
+        written: dict[int, PushResult] = {}
+        doubtful = [activity for activity in call.activities if activity.verify]
+        if lease_running_out(call.activities, self.clock.now()):
+            return lease_expired(call.activities)
+        if doubtful:
+            try:
+                found = await asyncio.to_thread(self._find_written, call.object_type, doubtful)
+            except HubSpotApiError as exc:
+                log.warning("hubspot search %s failed: %s", call.object_type, exc)
+                if exc.status == 429:
+                    return _waiting(call.activities, exc.retry_after)
+                # Not knowing whether they exist, none of them is created blind.
+                error = f"looking for an earlier write: {exc}"
+                written = {activity.id: PushResult(activity.id, ok=False, error=error) for activity in doubtful}
+            else:
+                written = {activity_id: PushResult(activity_id, ok=True) for activity_id in found}
+        rest = [activity for activity in call.activities if activity.id not in written]
+        created = await self._create_splitting(hs_activities.BatchCall(call.object_type, rest)) if rest else []
+        by_id = {**written, **{result.activity_id: result for result in created}}
+        return [by_id[activity.id] for activity in call.activities]
+
+    async def _create_splitting(self, call: hs_activities.BatchCall) -> list[PushResult]:
+        if lease_running_out(call.activities, self.clock.now()):
+            return lease_expired(call.activities)
+        body = call.body(self.config.sender.from_, self.hubspot.activity_id_property)
         try:
             status, data = await asyncio.to_thread(self._create_batch, call.object_type, body)
         except HubSpotApiError as exc:
-            log.warning("hubspot batch create %s failed: %s", call.object_type, exc)
+            log.warning("hubspot batch create %s of %d failed: %s", call.object_type, len(call.activities), exc)
+            if exc.status == 400 and len(call.activities) > 1:
+                first, second = call.halves()
+                head = await self._create_splitting(first)
+                wait = next((result.retry_after for result in head if result.retry_after is not None), None)
+                tail = _waiting(second.activities, wait) if wait is not None else await self._create_splitting(second)
+                return head + tail
             return [self._failure(activity.id, exc) for activity in call.activities]
         return hs_activities.read_batch_response(call, status, data)
+
+    def _find_written(self, object_type: hs_activities.ObjectType, activities: list[Activity]) -> set[int]:
+        """Ids of `activities` already on HubSpot, found by search: by the activity id
+        property when one is configured, else by time and contact, then by the reference
+        each body carries."""
+        models = importlib.import_module(f"hubspot.crm.objects.{object_type}")
+        api = self._api(f"{object_type}-search")
+        prop = self.hubspot.activity_id_property
+        wanted = {hs_activities.reference(activity): activity.id for activity in activities}
+        found: set[int] = set()
+        if prop:
+            for start in range(0, len(activities), SEARCH_IN_VALUES):
+                refs = [hs_activities.reference(a) for a in activities[start : start + SEARCH_IN_VALUES]]
+                groups = [models.FilterGroup(filters=[models.Filter(property_name=prop, operator="IN", values=refs)])]
+                for item in self._search(api, models, groups, [prop]):
+                    ref = (item.properties or {}).get(prop)
+                    if ref in wanted:
+                        found.add(wanted[ref])
+            return found
+        text = hs_activities.body_property(object_type)
+        for start in range(0, len(activities), SEARCH_GROUPS):
+            chunk = activities[start : start + SEARCH_GROUPS]
+            groups = [
+                models.FilterGroup(filters=[
+                    models.Filter(property_name="hs_timestamp", operator="EQ", value=str(_millis(activity.occurred_at))),
+                    models.Filter(property_name="associations.contact", operator="EQ", value=str(activity.object_id)),
+                ])
+                for activity in chunk
+            ]
+            for item in self._search(api, models, groups, [text]):
+                body = str((item.properties or {}).get(text) or "")
+                found.update(activity_id for ref, activity_id in wanted.items() if ref in body)
+        return found
+
+    def _search(self, api: Any, models: Any, groups: list[Any], properties: list[str]) -> Iterator[Any]:
+        after: str | None = None
+        for _ in range(SEARCH_PAGES):
+            request = models.PublicObjectSearchRequest(filter_groups=groups, properties=properties, limit=SEARCH_LIMIT, after=after)
+            try:
+                page = api.do_search(public_object_search_request=request, _request_timeout=REQUEST_TIMEOUT)
+            except Exception as exc:
+                error = self._api_error(exc, "searching for earlier writes")
+                if error is None:
+                    raise
+                raise error from None
+            yield from page.results or []
+            after = getattr(getattr(getattr(page, "paging", None), "next", None), "after", None)
+            if not after:
+                return
 
     def _create_batch(self, object_type: hs_activities.ObjectType, body: dict[str, Any]) -> tuple[int, Any]:
         try:
@@ -229,6 +327,8 @@ class HubSpotConnector(Connector):
                 self._client = build_client(self.hubspot)
             if name == "contacts":
                 api = self._client.crm.contacts.basic_api
+            elif name.endswith("-search"):
+                api = getattr(self._client.crm.objects, name.removesuffix("-search")).search_api
             elif name == "emails":
                 api = self._client.crm.objects.emails.batch_api
             else:
@@ -258,6 +358,16 @@ class HubSpotConnector(Connector):
                 api_client.rest_client.pool_manager.clear()
         self._apis.clear()
         self._client = None
+
+
+def _waiting(activities: list[Activity], wait: float | None) -> list[PushResult]:
+    return [PushResult(a.id, ok=False, error="HubSpot rate limit", retry_after=wait) for a in activities]
+
+
+def _millis(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
 
 
 def _npi(value: Any) -> str | None:

@@ -11,8 +11,12 @@ Two senders post to `/webhooks/hubspot`:
   format (`vid`, `canonical-vid`, `properties.<name>.value`, `form-submissions`), or a
   customised body of chosen key/value pairs.
 
-Workflow bodies carry no event id, so their event key is the SHA-256 of the raw body: a
-retry of the same delivery is recognised, a new enrolment is not mistaken for it.
+A Webhooks API event's key is `portalId:subscriptionId:eventId`: HubSpot documents that
+`eventId` alone is not guaranteed unique (two subscriptions, or two accounts installing the
+app, can repeat one). An event lacking any of the three is keyed by the SHA-256 of the event
+itself, less `attemptNumber` (which a retry increments). Workflow bodies carry no event id, so
+their key is the SHA-256 of the raw body: a retry of the same delivery is recognised, a new
+enrolment is not mistaken for it.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def parse_webhook_events(events: list[Any]) -> list[InboundEvent]:
     for index, raw in enumerate(events):
         if not isinstance(raw, dict):
             raise WebhookRejected(400, f"[{index}]: expected an event object")
-        for key in ("eventId", "subscriptionType", "objectId"):
+        for key in ("subscriptionType", "objectId"):
             if raw.get(key) in (None, ""):
                 raise WebhookRejected(400, f"[{index}].{key}: required")
         event = _webhook_event(raw, index)
@@ -123,7 +127,7 @@ def _webhook_event(raw: dict[str, Any], index: int) -> InboundEvent | None:
         changed = dict(fields)
     return InboundEvent(
         source=SOURCE,
-        event_key=str(raw["eventId"]),
+        event_key=webhook_event_key(raw),
         event=kind,
         object_type=OBJECT_TYPE,
         object_id=str(raw["objectId"]),
@@ -132,6 +136,17 @@ def _webhook_event(raw: dict[str, Any], index: int) -> InboundEvent | None:
         occurred_at=_from_millis(raw.get("occurredAt"), f"[{index}].occurredAt"),
         payload=raw,
     )
+
+
+def webhook_event_key(raw: dict[str, Any]) -> str:
+    """`portalId:subscriptionId:eventId`, or `sha256:<hash of the event less attemptNumber>`
+    when one of them is missing."""
+    parts = [raw.get(name) for name in ("portalId", "subscriptionId", "eventId")]
+    if all(part not in (None, "") for part in parts):
+        return ":".join(str(part) for part in parts)
+    stable = {key: value for key, value in raw.items() if key != "attemptNumber"}
+    canonical = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_workflow_body(data: dict[str, Any], body: bytes, *, now: datetime) -> InboundEvent:

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from config import Config, Settings
 from config.schema import SalesforceConfig
-from connectors.base import Connector, ContactInfo, InboundRequest, WebhookRejected, register
+from connectors.base import (
+    Connector,
+    ContactInfo,
+    InboundRequest,
+    WebhookRejected,
+    lease_expired,
+    lease_running_out,
+    register,
+)
 from connectors.salesforce import events, soap
 from connectors.salesforce.client import SalesforceCallFailed, SalesforceClient, SalesforceLoginFailed
 from connectors.salesforce.ids import is_object_name, is_record_id
-from connectors.salesforce.tasks import COLLECTION_LIMIT, record_result, task_record
+from connectors.salesforce.tasks import COLLECTION_LIMIT, activity_date, link_field, record_result, task_record
 from core.activities import Activity, InboundEvent, PushResult
 from core.clock import Clock
 
 RequestKind = Literal["soap", "events"]
 DEFAULT_RETRY_AFTER = 60.0
+QUERY_IDS = 200
+"""Activities looked up per SOQL query (their record ids go in an IN list)."""
 _CACHE_MAX = 2048
 
 
@@ -205,6 +216,11 @@ class SalesforceConnector(Connector):
     # -- outbound --------------------------------------------------------------------------
 
     async def push_activities(self, batch: list[Activity]) -> list[PushResult]:
+        """Tasks in sObject Collections of up to 200. With `activity_id_field` they are
+        upserted on it, so a repeat updates the Task it wrote before; without it, activities an
+        earlier try may have written are looked up (SOQL on the record, date and reference)
+        before the rest are created. A request refused whole (400) is split in halves until the
+        bad record is alone; a rate limit or outage stops the batch."""
         results: dict[int, PushResult] = {}
         linked = []
         for activity in batch:
@@ -212,28 +228,94 @@ class SalesforceConnector(Connector):
                 linked.append(activity)
             else:
                 results[activity.id] = PushResult(activity.id, ok=False, error="no Salesforce record id", permanent=True)
+        halt = _Halt()
         for start in range(0, len(linked), COLLECTION_LIMIT):
             chunk = linked[start : start + COLLECTION_LIMIT]
-            try:
-                chunk_results = await asyncio.to_thread(self._push_chunk, chunk)
-            except SalesforceCallFailed as failure:
-                chunk_results = [self._call_failed(activity, failure) for activity in chunk]
-                if not chunk_results[0].permanent:
-                    # Out of API budget, session or service down: the remaining chunks would
-                    # fail the same way and only spend calls.
-                    chunk_results += [self._call_failed(activity, failure) for activity in linked[start + len(chunk) :]]
-            results.update((result.activity_id, result) for result in chunk_results)
-            if len(results) == len(batch):
+            results.update((result.activity_id, result) for result in await self._push_checked(chunk, halt))
+            if halt.failure is not None:
+                # Out of API budget, session or service down: the remaining chunks would
+                # fail the same way and only spend calls.
+                results.update((a.id, self._call_failed(a, halt.failure)) for a in linked[start + len(chunk) :])
                 break
         return [results[activity.id] for activity in batch]
 
+    async def _push_checked(self, chunk: list[Activity], halt: "_Halt") -> list[PushResult]:
+        if lease_running_out(chunk, self.clock.now()):
+            return lease_expired(chunk)
+        written: dict[int, PushResult] = {}
+        doubtful = [activity for activity in chunk if activity.verify]
+        if doubtful and not self.sf_config.activity_id_field:
+            try:
+                found = await asyncio.to_thread(self._find_written, doubtful)
+            except SalesforceCallFailed as failure:
+                if not self._call_failed(chunk[0], failure).permanent:
+                    halt.failure = failure
+                    return self._call_failed_all(chunk, failure)
+                # Not knowing whether they exist, none of them is created blind.
+                error = f"looking for an earlier write: {failure}"
+                written = {a.id: PushResult(a.id, ok=False, error=error) for a in doubtful}
+            else:
+                written = {activity_id: PushResult(activity_id, ok=True) for activity_id in found}
+        rest = [activity for activity in chunk if activity.id not in written]
+        created = await self._write_splitting(rest, halt) if rest else []
+        by_id = {**written, **{result.activity_id: result for result in created}}
+        return [by_id[activity.id] for activity in chunk]
+
+    async def _write_splitting(self, chunk: list[Activity], halt: "_Halt") -> list[PushResult]:
+        if halt.failure is not None:
+            return self._call_failed_all(chunk, halt.failure)
+        if lease_running_out(chunk, self.clock.now()):
+            return lease_expired(chunk)
+        try:
+            return await asyncio.to_thread(self._push_chunk, chunk)
+        except SalesforceCallFailed as failure:
+            outcome = self._call_failed_all(chunk, failure)
+            if not outcome[0].permanent:
+                halt.failure = failure
+            elif len(chunk) > 1 and failure.status == 400:
+                middle = len(chunk) // 2
+                return await self._write_splitting(chunk[:middle], halt) + await self._write_splitting(chunk[middle:], halt)
+            return outcome
+
+    def _call_failed_all(self, chunk: list[Activity], failure: SalesforceCallFailed) -> list[PushResult]:
+        return [self._call_failed(activity, failure) for activity in chunk]
+
     def _push_chunk(self, chunk: list[Activity]) -> list[PushResult]:
-        payload = {"allOrNone": False, "records": [task_record(activity) for activity in chunk]}
-        response = self.client.call(lambda sf, kw: sf.restful("composite/sobjects", method="POST", json=payload, **kw))
+        id_field = self.sf_config.activity_id_field
+        payload = {"allOrNone": False, "records": [task_record(activity, id_field) for activity in chunk]}
+        if id_field:
+            path = f"composite/sobjects/Task/{id_field}"
+            response = self.client.call(lambda sf, kw: sf.restful(path, method="PATCH", json=payload, **kw))
+        else:
+            response = self.client.call(lambda sf, kw: sf.restful("composite/sobjects", method="POST", json=payload, **kw))
         if not isinstance(response, list) or len(response) != len(chunk):
             error = f"unexpected sObject Collections response: {str(response)[:200]}"
             return [PushResult(activity.id, ok=False, error=error) for activity in chunk]
         return [record_result(activity, result) for activity, result in zip(chunk, response)]
+
+    def _find_written(self, activities: list[Activity]) -> set[int]:
+        """Ids of `activities` whose Task exists: completed email Tasks on the same records and
+        days, told apart by the reference at the end of their Description."""
+        found: set[int] = set()
+        for start in range(0, len(activities), QUERY_IDS):
+            part = activities[start : start + QUERY_IDS]
+            links: dict[str, set[str]] = {"WhoId": set(), "WhatId": set()}
+            for activity in part:
+                links[link_field(activity)].add(str(activity.object_id))
+            where_link = " OR ".join(
+                f"{name} IN ({', '.join(_soql_string(value) for value in sorted(values))})" for name, values in links.items() if values
+            )
+            days = ", ".join(sorted({activity_date(activity) for activity in part}))
+            soql = (
+                "SELECT Id, WhoId, WhatId, Description FROM Task "
+                f"WHERE ({where_link}) AND ActivityDate IN ({days}) AND TaskSubtype = 'Email'"
+            )
+            records = self.client.call(lambda sf, kw: sf.query_all(soql, **kw))["records"]
+            wanted = {activity.reference: activity.id for activity in part}
+            for record in records:
+                text = str(record.get("Description") or "")
+                found.update(activity_id for ref, activity_id in wanted.items() if f"Ref: {ref}" in text)
+        return found
 
     @staticmethod
     def _call_failed(activity: Activity, failure: SalesforceCallFailed) -> PushResult:
@@ -249,6 +331,17 @@ class SalesforceConnector(Connector):
         self._records.clear()
         self._last_outbound = None
         self.client.session.close()
+
+
+@dataclass
+class _Halt:
+    """Set by the first call of a push that failed in a way every further call would too."""
+
+    failure: SalesforceCallFailed | None = None
+
+
+def _soql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _npi(value: Any) -> str | None:

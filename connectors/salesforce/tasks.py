@@ -31,25 +31,39 @@ TRANSIENT_RECORD_ERRORS = frozenset({"UNABLE_TO_LOCK_ROW"})
 """Per-record failures that succeed when tried again later; any other one will not."""
 
 
-def task_record(activity: Activity) -> dict[str, Any]:
-    """The Task for one activity. Contacts and Leads are linked by WhoId; any other record
-    (an Account, a custom object) by WhatId."""
+def link_field(activity: Activity) -> str:
+    """`WhoId` for Contacts and Leads, `WhatId` for any other record (an Account, a custom object)."""
     assert activity.object_id, "activities without a record are rejected before this"
     is_who = activity.object_type in _WHO_TYPES or (
         activity.object_type is None and activity.object_id.startswith(_WHO_PREFIXES)
     )
+    return "WhoId" if is_who else "WhatId"
+
+
+def activity_date(activity: Activity) -> str:
     occurred = activity.occurred_at
     if occurred.tzinfo is not None:
         occurred = occurred.astimezone(timezone.utc)
-    return {
+    return occurred.date().isoformat()
+
+
+def task_record(activity: Activity, id_field: str | None = None) -> dict[str, Any]:
+    """The Task for one activity, linked by `link_field`; its Description ends with the
+    activity's reference (and `id_field`, an External ID field, holds it when configured)."""
+    assert activity.object_id, "activities without a record are rejected before this"
+    ref = f"\nRef: {activity.reference}"
+    record = {
         "attributes": {"type": "Task"},
-        "WhoId" if is_who else "WhatId": activity.object_id,
+        link_field(activity): activity.object_id,
         "Subject": _clip(_SUBJECT_PREFIX.get(activity.kind, f"Email {activity.kind}: ") + activity.subject, SUBJECT_MAX),
         "Status": "Completed",
         "TaskSubtype": "Email",
-        "ActivityDate": occurred.date().isoformat(),
-        "Description": _clip(description(activity), DESCRIPTION_MAX),
+        "ActivityDate": activity_date(activity),
+        "Description": _clip(description(activity), DESCRIPTION_MAX - len(ref)) + ref,
     }
+    if id_field:
+        record[id_field] = activity.reference
+    return record
 
 
 def description(activity: Activity) -> str:
