@@ -127,11 +127,13 @@ def scaling_json(out: str) -> dict:
 def read_workers(out: str, args: argparse.Namespace) -> list[Row]:
     data = scaling_json(out)
     rates = {int(k): v for k, v in data["rates"].items()}
+    per_cpu = {int(k): v for k, v in data.get("per_cpu_second", {}).items()}
     rows = []
     for count, rate in sorted(rates.items()):
         gain = rate - rates.get(count - 1, 0.0)
         linear = rate / (count * rates[1]) if rates[1] else 0.0
-        rows.append(Row(f"{count} worker process(es), {data['triggers']:,} triggers", f"{rate:.0f} emails/s",
+        cpu = f"; {per_cpu[count]:.0f}/CPU-s ({per_cpu[count] / per_cpu[1]:.2f})" if per_cpu.get(count) and per_cpu.get(1) else ""
+        rows.append(Row(f"{count} worker process(es), {data['triggers']:,} triggers", f"{rate:.0f} emails/s{cpu}",
                         f"+{gain:.0f} emails/s for this worker", f"{linear:.2f} of linear", f"linear ({data['cpus']} CPUs)", ""))
     return rows
 

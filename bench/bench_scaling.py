@@ -195,27 +195,55 @@ async def wait_sent(rt: Runtime, campaign: str, count: int, timeout: float, watc
 
 
 async def workers(args: argparse.Namespace) -> dict[str, Any]:
+    """Per round: accept the triggers, start `count` workers, and measure between the 10th and
+    the 90th percentile email: emails/s (wall clock, moved by whatever else the machine does)
+    and emails per CPU-second of the workers (barely moved by other load: its drop with more
+    workers is what they cost each other, lock waits and Redis polling)."""
+    import psutil
+
     rounds = list(range(1, args.max_workers + 1))
     stack = await Stack(args.triggers, [f"w{n}" for n in rounds]).start()
     load_before = os.getloadavg()[0]
     rates: dict[int, float] = {}
+    per_cpu: dict[int, float] = {}
     try:
         npis = stack.npis[: args.triggers]
         for count in rounds:
             campaign = f"w{count}"
             await accept_all(stack.rt, npis, campaign)
             processes = [stack.worker() for _ in range(count)]
-            times = await wait_sent(stack.rt, campaign, len(npis), 600, processes)
+            watched = [psutil.Process(process.pid) for process in processes]
+
+            def cpu() -> float:
+                return sum(p.cpu_times().user + p.cpu_times().system for p in watched)
+
+            marks: dict[str, tuple[int, float]] = {}
+            deadline = time.monotonic() + 600
+            while True:
+                sent = await sent_count(stack.rt, campaign)
+                if "low" not in marks and sent >= len(npis) // 10:
+                    marks["low"] = (sent, cpu())
+                if "high" not in marks and sent >= len(npis) * 9 // 10:
+                    marks["high"] = (sent, cpu())
+                if sent >= len(npis):
+                    break
+                if any(process.poll() is not None for process in processes) or time.monotonic() > deadline:
+                    raise RuntimeError(f"round {count}: {sent} of {len(npis)} sent")
+                await asyncio.sleep(0.1)
             stack.stop(processes)
-            rates[count] = steady_rate(times)
+            rates[count] = steady_rate(await sent_times(stack.rt, campaign))
+            emails, seconds = marks["high"][0] - marks["low"][0], marks["high"][1] - marks["low"][1]
+            per_cpu[count] = emails / seconds if seconds else 0.0
             gain = rates[count] - rates.get(count - 1, 0.0)
             linear = rates[count] / (count * rates[1]) if rates[1] else 0.0
             print(f"{count} worker process(es): {rates[count]:7.0f} emails/s   +{gain:5.0f} for the added worker   "
-                  f"{linear:.2f} of linear", flush=True)
+                  f"{linear:.2f} of linear   {per_cpu[count]:6.0f} emails per worker CPU-second "
+                  f"({per_cpu[count] / per_cpu[1]:.2f} of one worker's)", flush=True)
     finally:
         await stack.close()
     print(f"backend: {backend(stack.database_url)}, {len(npis)} triggers a round, {machine(load_before)}")
-    return {"backend": backend(stack.database_url), "triggers": len(npis), "cpus": os.cpu_count(), "rates": rates}
+    return {"backend": backend(stack.database_url), "triggers": len(npis), "cpus": os.cpu_count(), "rates": rates,
+            "per_cpu_second": per_cpu}
 
 
 # --- one worker's RSS over many sends ------------------------------------------------------------
