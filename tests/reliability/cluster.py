@@ -425,3 +425,48 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
         await asyncio.sleep(every)
     return time.monotonic() - start
+
+
+# --- PgBouncer in transaction mode, on a unix socket of its own ---------------------------------------
+
+
+class PgBouncer:
+    """PgBouncer (`pool_mode = transaction`, 3 server connections per database) in front of
+    the PostgreSQL of `database_url`, listening only on a unix socket in a directory of ours."""
+
+    def __init__(self, database_url: str):
+        from urllib.parse import urlsplit
+
+        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+        if binary is None:
+            raise RuntimeError("the PgBouncer scenario needs pgbouncer (Debian: apt-get install pgbouncer)")
+        target = urlsplit(database_url)
+        self.database = target.path.lstrip("/")
+        self.user = target.username or "postgres"
+        self.directory = Path(tempfile.mkdtemp(prefix="te-pgb-"))
+        self.directory.chmod(0o777)  # pgbouncer refuses to run as root: it runs as the database user then
+        (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
+        password = f" password={target.password}" if target.password else ""
+        config = self.directory / "pgbouncer.ini"
+        config.write_text(
+            f"[databases]\n* = host={target.hostname or '127.0.0.1'} port={target.port or 5432}{password}\n"
+            f"[pgbouncer]\nlisten_addr =\nunix_socket_dir = {self.directory}\nlisten_port = 6432\n"
+            f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\npool_mode = transaction\n"
+            "default_pool_size = 3\nmax_client_conn = 500\n"
+        )
+        for path in self.directory.iterdir():
+            path.chmod(0o644)
+        command = [binary, *(["-u", self.user] if os.geteuid() == 0 else []), str(config)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not (self.directory / ".s.PGSQL.6432").exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer did not start: {self.process.stdout.read().decode() if self.process.stdout else ''}")
+            time.sleep(0.05)
+        self.url = f"postgresql://{self.user}@/{self.database}?host={self.directory}&port=6432"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -34,9 +34,11 @@ TERMINAL_MESSAGES = ("sent", "failed", "cancelled", "unknown")
 
 class Scenario:
     def __init__(self, name: str, *, database_url: str, redis: RedisServer, inbox: Inbox, workdir: Path,
-                 crm: FakeCrm | None = None, hcps: int = 120, serves: int = 2, workers: int = 2, **env: str):
+                 crm: FakeCrm | None = None, hcps: int = 120, serves: int = 2, workers: int = 2,
+                 app_database_url: str | None = None, **env: str):
         self.name, self.database_url, self.redis, self.inbox, self.workdir = name, database_url, redis, inbox, workdir
         self.crm, self.hcp_count, self.serve_count, self.worker_count, self.extra_env = crm, hcps, serves, workers, env
+        self.app_database_url = app_database_url or database_url  # what serve and worker use (e.g. through PgBouncer)
         self.npis = hcp_npis(hcps)
         self.accepted: set[str] = set()  # trigger ids answered 202
         self.events: set[int] = set()  # HubSpot event ids answered 200
@@ -51,7 +53,7 @@ class Scenario:
         await import_csv(self.db, self.workdir / "directory.csv", now=Clock().now())
         self.api_key = await create_key(self.db, "reliability", Clock().now())
         self.cluster = Cluster(
-            self.workdir, database_url=self.database_url, redis=self.redis, smtp_url=self.inbox.url,  # type: ignore[attr-defined]
+            self.workdir, database_url=self.app_database_url, redis=self.redis, smtp_url=self.inbox.url,  # type: ignore[attr-defined]
             config=config_text(crm_url=self.crm.url if self.crm else None), serves=self.serve_count,
             SENDING_STUCK_AFTER="20", **self.extra_env,
         )
