@@ -13,6 +13,7 @@ from core.directory import add_address, get_hcp
 from core.errors import describe_error
 from core.inbound import claim_event, event_from_row, finish_event, retry_event
 from core.npi import npi_problem
+from core.outbox import pause_crm
 from core.rules import matching_rules
 from core.runtime import Runtime
 from core.triggers import accept_trigger
@@ -37,6 +38,9 @@ async def process_event(rt: Runtime, event_id: int) -> str | None:
         event = event_from_row(row["event"])
         result = await _process(rt, event)
     except CrmUnavailable as exc:
+        if exc.retry_after:
+            # The CRM's rate limit is per app, not per call: pushes to it wait too.
+            await pause_crm(rt, row["source"], rt.clock.now() + timedelta(seconds=exc.retry_after), reason=str(exc))
         if row["attempts"] < MAX_ATTEMPTS:
             delay = max(timedelta(seconds=exc.retry_after or 0), timedelta(seconds=min(30 * 2 ** (row["attempts"] - 1), 3600)))
             log.warning("inbound event %s: CRM unavailable (%s), retry in %s", event_id, exc, delay)

@@ -250,6 +250,8 @@ class Mailer:
     async def _transact(
         self, client: aiosmtplib.SMTP, raw: bytes, *, envelope_from: str, recipient: str, started: Started | None
     ) -> str:
+        if self.stopping:
+            raise Stopping()
         try:
             options = [f"SIZE={len(raw)}"] if client.supports_extension("size") else []
             await client.mail(envelope_from, options=options)

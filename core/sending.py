@@ -152,29 +152,31 @@ def leases_of(rt: Runtime) -> Leases:
     return leases
 
 
+_CLAIM = (
+    update(messages)
+    .where(
+        messages.c.id == bindparam("message"),
+        messages.c.status == "queued",
+        (messages.c.due_at.is_(None)) | (messages.c.due_at <= bindparam("now", type_=messages.c.due_at.type)),
+    )
+    .values(
+        status="sending", claimed_at=bindparam("now"), claimed_until=bindparam("until"), smtp_started_at=None,
+        attempts=messages.c.attempts + 1, claim_seq=messages.c.claim_seq + 1,
+    )
+    .returning(*messages.c)
+)
+_SOURCE_REF = select(triggers.c.source_ref).where(triggers.c.id == bindparam("trigger_id"))
+
+
 async def _claim(rt: Runtime, message_id: str, now: datetime) -> dict[str, Any] | None:
     async with rt.db.begin() as connection:
         row = (
-            await connection.execute(
-                update(messages)
-                .where(
-                    messages.c.id == message_id,
-                    messages.c.status == "queued",
-                    (messages.c.due_at.is_(None)) | (messages.c.due_at <= now),
-                )
-                .values(
-                    status="sending", claimed_at=now, claimed_until=now + lease(rt), smtp_started_at=None,
-                    attempts=messages.c.attempts + 1, claim_seq=messages.c.claim_seq + 1,
-                )
-                .returning(*messages.c)
-            )
+            await connection.execute(_CLAIM, {"message": message_id, "now": now, "until": now + lease(rt)})
         ).mappings().first()
         if row is None:
             return None
         message = dict(row)
-        message["source_ref"] = (
-            await connection.execute(select(triggers.c.source_ref).where(triggers.c.id == message["trigger_id"]))
-        ).scalar()
+        message["source_ref"] = (await connection.execute(_SOURCE_REF, {"trigger_id": message["trigger_id"]})).scalar()
         return message
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sqlalchemy import func, select
@@ -102,6 +104,26 @@ async def test_openapi_describes_every_route(harness: Harness) -> None:
     assert "422" in str(spec["paths"]["/v1/triggers"]["post"]["responses"])
 
 
+async def test_openapi_declares_parameters_security_and_errors(harness: Harness) -> None:
+    spec = (await harness.client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["bearer"]["description"]}
+    assert spec["components"]["schemas"]["Error"]["required"] == ["error"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(re.findall(r"\{(\w+)\}", path)), (path, method)
+            assert ("security" in operation) == path.startswith("/v1/"), (path, method)
+            for code in ("400", "503"):
+                assert code in operation["responses"], (path, method, code)
+            if path.startswith("/v1/"):
+                assert {"401", "403"} <= set(operation["responses"]), (path, method)
+                schema = operation["responses"]["401"]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}
+    outbox = {p["name"]: p for p in spec["paths"]["/v1/outbox"]["get"]["parameters"]}
+    assert outbox["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000}
+
+
 async def test_health_and_metrics(harness: Harness) -> None:
     health = await harness.client.get("/health")
     assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
@@ -158,4 +180,5 @@ async def test_openapi_responses_are_well_formed(harness: Harness) -> None:
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             for code, response in operation["responses"].items():
-                assert set(response) == {"description"}, (path, method, code, response)
+                assert isinstance(response["description"], str), (path, method, code, response)
+                assert set(response) <= {"description", "content", "headers"}, (path, method, code, response)

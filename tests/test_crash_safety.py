@@ -260,3 +260,25 @@ async def test_messages_resolve_resend_sends_it_again(harness: Harness, cli_env:
     assert bad.exit_code == 2 and "sent or resend" in bad.output
     missing = await invoke(["messages", "resolve", "msg_nope", "sent"], cli_env)
     assert missing.exit_code == 1 and "no message msg_nope" in missing.output
+
+
+async def test_a_live_worker_renews_its_claim_through_a_long_transaction(harness: Harness) -> None:
+    """The lease is short, DATA is slow: the heartbeat keeps the claim, so the sweep neither
+    releases the message nor calls it unknown while its worker is alive."""
+    from core.scheduler import sweep
+
+    sink: SlowSink = harness.smtp  # type: ignore[assignment]
+    sink.data_delay = 1.5
+    harness.rt.settings.claim_lease = 0.3  # renewed every 0.1 s
+    accepted = await harness.trigger()
+    task = job(harness, accepted["id"])
+    await until(sink.in_data)
+    swept = []
+    while not task.done():
+        harness.clock.advance(0.2)  # more than the lease passes on the clock during DATA …
+        await asyncio.sleep(0.15)
+        swept.append(await sweep(harness.rt))  # … yet every sweep finds the claim renewed
+    assert await task == "sent"
+    assert len(swept) >= 5 and all(done["unknown"] == 0 and done["released"] == 0 for done in swept)
+    assert (await harness.outcome(accepted["id"]))["status"] == "sent"
+    assert len(sink.messages) == 1

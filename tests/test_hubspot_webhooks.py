@@ -413,6 +413,22 @@ async def test_contact_without_npi_is_recorded_as_invalid_npi(harness: Harness, 
     assert len(fake.requests) == 1
 
 
+async def test_a_contact_fetch_rate_limited_past_its_wait_pauses_pushes_too(harness: Harness, fake: FakeHubSpot) -> None:
+    """HubSpot's limit is per app: a 429 on a read also holds back the writes."""
+    from core.clock import iso
+
+    await fire(harness, interest_changed("1246965"))
+    fake.rate_limit(2, retry_after="9")
+    await fire(harness, interest_changed("1246999", event_id=6000))
+    assert [e["status"] for e in await stored_events(harness)] == ["done", "pending"], "the event waits its turn"
+    waited = harness.clock.now()
+    assert (await outbox(harness))["paused"] == {"hubspot": iso(waited + timedelta(seconds=9))}
+    assert await push(harness) == {"pushed": 0, "retried": 0, "dead": 0}
+    assert fake.calls(EMAILS) == []
+    harness.clock.advance(timedelta(seconds=9))
+    assert (await push(harness))["pushed"] == 1
+
+
 async def test_rate_limited_contact_fetch_is_waited_out(harness: Harness, fake: FakeHubSpot) -> None:
     fake.rate_limit(1, retry_after="2")
     assert await fire(harness, interest_changed("1246965")) == [("asthma-launch", "sent", JANE_MAIL)]

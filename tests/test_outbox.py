@@ -401,3 +401,12 @@ async def test_an_unreadable_row_is_dead_lettered_and_the_others_still_go(harnes
     [dead] = (await outbox(harness, "dead"))["items"]
     assert dead["id"] == bad and dead["last_error"].startswith("unreadable row: TypeError")
     assert await push(harness) == {"pushed": 0, "retried": 0, "dead": 0}
+
+
+async def test_two_pushers_at_once_push_every_activity_exactly_once(harness: Harness, receiver: Receiver) -> None:
+    await many_activities(harness, 250)
+    first, second = await asyncio.gather(push(harness), push(harness))
+    assert first["pushed"] + second["pushed"] == 250
+    ids = [activity["id"] for activity in receiver.activities]
+    assert len(ids) == len(set(ids)) == 250, "no activity went to the CRM twice"
+    assert (await outbox(harness))["counts"] == {"pushed": 250}

@@ -25,7 +25,12 @@ def _target(body: Any) -> tuple[str | None, str | None]:
     """The NPI or the address a suppression request is about (exactly one of them)."""
     if not isinstance(body, dict):
         raise HTTPProblem(422, "body must be a JSON object", "body")
-    npi, address = body.get("npi") or None, body.get("email") or None
+    npi, address = body.get("npi"), body.get("email")
+    # A field that is present is checked, even when empty: "" is not "absent".
+    if npi is not None and (not isinstance(npi, str) or npi_problem(npi)):
+        raise HTTPProblem(422, npi_problem(npi) or "npi must be a string", "npi")
+    if address is not None and (not isinstance(address, str) or email_problem(address)):
+        raise HTTPProblem(422, f"invalid email address {str(address)[:100]!r}", "email")
     if not npi and not address:
         raise HTTPProblem(422, "give npi or email", "npi")
     if npi and address:
@@ -63,6 +68,10 @@ async def suppressions(request: Request) -> Response:
     rt = runtime(request)
     if request.method == "GET":
         query = request.query_params
+        if query.get("npi") is not None and npi_problem(query["npi"]):
+            raise HTTPProblem(422, npi_problem(query["npi"]) or "", "npi")
+        if query.get("email") is not None and email_problem(query["email"]):
+            raise HTTPProblem(422, f"invalid email address {query['email'][:100]!r}", "email")
         async with rt.db.connect() as connection:
             rows = await list_suppressions(connection, npi=query.get("npi"), address=query.get("email"))
         return JSONResponse({"suppressions": [_suppression_json(row) for row in rows]})
@@ -118,9 +127,14 @@ async def outbox_retry(request: Request) -> Response:
     """
     rt = runtime(request)
     body = await read_optional_json(request)
-    ids = body.get("ids") if isinstance(body, dict) else None
-    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
-        raise HTTPProblem(422, "ids must be a list of integers", "ids")
+    if body is not None and not isinstance(body, dict):
+        raise HTTPProblem(422, "body must be a JSON object {ids: [...]} or empty", "body")
+    ids = body.get("ids") if body else None
+    if body and "ids" in body and not (
+        isinstance(ids, list) and len(ids) <= 1000
+        and all(type(i) is int and 0 < i < 2**31 for i in ids)
+    ):
+        raise HTTPProblem(422, "ids must be a list of at most 1000 positive integers", "ids")
     return JSONResponse({"retried": await retry_dead(rt, ids)})
 
 

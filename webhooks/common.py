@@ -112,11 +112,14 @@ async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
 
 
 async def read_optional_json(request: Request, limit: int = MAX_BODY) -> Any:
-    """The JSON body, or None when the request has none."""
+    """The JSON body, or None when the request has none (a body of `null` is refused)."""
     raw = await read_body(request, limit)
     if not raw.strip():
         return None
-    return parse_json(raw)
+    value = parse_json(raw)
+    if value is None:
+        raise HTTPProblem(422, "body must be a JSON object, or no body at all", "body")
+    return value
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -184,11 +187,22 @@ def unavailable_exception_types() -> tuple[type[BaseException], ...]:
     return (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 
 
+_UNAVAILABLE_WORDS = (
+    "connect", "locked", "unable to open", "terminat", "shutdown", "shutting down", "timeout", "timed out",
+    "i/o error", "starting up", "too many clients", "closed",
+)
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    from sqlalchemy.exc import DBAPIError
+    """True when `exc` means the database or Redis does not answer now (retry later), false
+    for a bug (a missing table, a bad statement), which stays a 500 with its traceback."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig if exc.orig is not None else exc).lower()
+        return any(word in text for word in _UNAVAILABLE_WORDS)
     return isinstance(exc, unavailable_exception_types())
 
 
@@ -203,6 +217,9 @@ def unavailable() -> JSONResponse:
 
 async def unavailable_handler(request: Request, exc: Exception) -> Response:
     import logging
+
+    if not is_unavailable(exc):
+        raise exc
 
     logging.getLogger("trigger_email.http").warning(
         "%s %s: dependency unavailable (%s)", request.method, request.url.path, type(exc).__name__

@@ -59,7 +59,9 @@ async def openapi(request: Request) -> Response:
     responses:
       200: {description: OpenAPI 3 document}
     """
-    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+    from webhooks.openapi import complete
+
+    return JSONResponse(complete(schemas.get_schema(routes=request.app.routes)))
 
 
 class StateCollector:
