@@ -43,7 +43,7 @@ async def get_event(request: Request) -> Response:
       404: {description: No such event}
     """
     raw = request.path_params["event_id"]
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and int(raw) < 2**31):  # the id is a 32-bit integer
         return problem(404, "no such event")
     async with runtime(request).db.connect() as connection:
         row = (await connection.execute(select(inbound_events).where(inbound_events.c.id == int(raw)))).mappings().first()
