@@ -32,6 +32,10 @@ from workers.settings import make_worker
 CONFIG = """
 public_url: https://trigger.pharma.example
 sender: {from: "Medical Information <medinfo@pharma.example>", postal_address: "1 Main St, Springfield, NJ 07081"}
+delivery:                     # a local sink: no receiving domain to be gentle with
+  per_domain: {concurrency: 1000, rate: 1000000}
+  providers: {}
+  connections: ${BENCH_CONNECTIONS:-4}
 campaigns:
   - id: bench
     subject: "New data for {{ hcp.specialty }}"

@@ -61,6 +61,53 @@ class Limits(Strict):
     per_hcp: PerHcpLimit | None = None
 
 
+class Bounces(Strict):
+    """What bounces do to addresses, emails and receiving domains (docs/deliverability.md)."""
+
+    reroute_within: Duration = timedelta(days=3)
+    """A hard bounce this soon after sending sends the same email to the HCP's next address."""
+    soft_limit: int = Field(default=3, ge=1)
+    soft_window: Duration = timedelta(days=7)
+    """`soft_limit` soft bounces (of different emails) within `soft_window` make the address hard-bounced."""
+    block_retries: int = Field(default=3, ge=0)
+    """How often an email refused by a block is retried (with backoff) before it fails."""
+    block_retry_after: Duration = timedelta(hours=1)
+    """The first retry after a block; doubled for each further one."""
+    block_throttle: Duration = timedelta(minutes=15)
+    """How long a receiving domain is slowed after a block."""
+    block_pause_threshold: int = Field(default=5, ge=1)
+    block_window: Duration = timedelta(hours=1)
+    """`block_pause_threshold` blocks from one domain within `block_window` pause sending to it."""
+    block_pause: Duration = timedelta(hours=2)
+
+
+class DomainLimit(Strict):
+    concurrency: int = Field(default=4, ge=1)
+    """SMTP transactions to this receiving domain at once, per worker."""
+    rate: float = Field(default=20.0, gt=0)
+    """Emails per second to this receiving domain, per worker."""
+
+
+class Delivery(Strict):
+    """How each worker sends: its pool of kept-open SMTP connections and its limits per
+    receiving domain (grouped by mailbox provider: gmail, microsoft, yahoo, apple)."""
+
+    per_domain: DomainLimit = Field(default_factory=DomainLimit)
+    providers: dict[str, DomainLimit] = Field(default_factory=lambda: {
+        "gmail": DomainLimit(concurrency=8, rate=40), "microsoft": DomainLimit(concurrency=4, rate=15),
+        "yahoo": DomainLimit(concurrency=4, rate=15), "apple": DomainLimit(concurrency=4, rate=15),
+    })
+    """Limits of a provider group, or of one domain by name; any other domain gets `per_domain`."""
+    slow_down: Duration = timedelta(minutes=10)
+    """After a rate answer (421, 4.7.x) a domain's rate halves (down to 1 a minute) for this long."""
+    connections: int = Field(default=4, ge=1, le=100)
+    """Kept-open SMTP connections per worker process (to `SMTP_URL`)."""
+    max_messages: int = Field(default=100, ge=1)
+    """Messages per SMTP connection before it is closed and a new one opened."""
+    idle_timeout: Duration = timedelta(seconds=60)
+    """A pooled connection unused this long is closed rather than reused."""
+
+
 class Unsubscribe(Strict):
     scope: Literal["all", "campaign"] = "all"
 
@@ -184,6 +231,8 @@ class Config(Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     limits: Limits = Field(default_factory=Limits)
     unsubscribe: Unsubscribe = Field(default_factory=Unsubscribe)
+    bounces: Bounces = Field(default_factory=Bounces)
+    delivery: Delivery = Field(default_factory=Delivery)
     crm: CRMConfig = Field(default_factory=CRMConfig)
     campaigns: list[Campaign] = Field(default_factory=list)
     triggers: list[TriggerRule] = Field(default_factory=list)

@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 async def apply_report(rt: Runtime, report: BounceReport) -> str:
     """Act on one report. A report is unauthenticated mail, so it counts only when its VERP
     token is one we signed, or its recipient is an address we sent email to."""
-    if report.kind == "unknown":
+    if report.kind == "not_a_bounce":
         return "ignored: not a bounce or complaint"
     message_id = tokens_for(rt).read_bounce(report.token) if report.token else None
     detail = " ".join(part for part in (report.status, report.diagnostic or report.feedback_type) if part) or report.kind
-    return await record_bounce(rt, kind=report.kind, message_id=message_id, address=report.recipient, detail=detail)
+    return await record_bounce(
+        rt, kind=report.kind, reason=report.reason, message_id=message_id, address=report.recipient, detail=detail
+    )
 
 
 _UNSUBSCRIBE_SUBJECT = re.compile(r"\bunsubscribe-([0-9a-f]+\.[0-9a-f]+)\b", re.IGNORECASE)

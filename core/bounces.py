@@ -15,30 +15,42 @@ Reports are unauthenticated mail that anyone can send to the bounce domain, so a
 should act on one only when its token resolves to a message we sent and, for a bounce, the
 recipient is that message's address; the parser reports what the text claims.
 
-Everything here is pure and uses only the standard `email` package: the inbound SMTP
-receiver, a worker and the tests can all call it without a database. Parsing never raises:
-a report that cannot be understood comes back as kind "unknown", so one odd bounce cannot
-stall the queue that processes the rest.
+Everything here is pure (the standard `email` package, GNU Mailman's `flufl.bounce`
+detectors for non-standard bounces, and `core.classify` for the reason and kind): the
+inbound SMTP receiver, `bounces classify`, the benchmark and the tests all call it without a
+database. Parsing never raises: a report that cannot be understood comes back as kind
+"not_a_bounce", so one odd bounce cannot stall the queue that processes the rest.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email as email_package
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
-from typing import Literal
+from typing import Any
 
-__all__ = ["BounceKind", "BounceReport", "parse_report", "parse_reports", "token_from_verp", "verp_address"]
+from core.classify import Kind, classify, is_vacation, text_match, text_reason
 
-BounceKind = Literal["hard", "soft", "complaint", "unknown"]
+__all__ = [
+    "BounceKind", "BounceReport", "MessageVerdict", "classify_message", "parse_report", "parse_reports",
+    "reporter_of", "token_from_verp", "verp_address",
+]
+
+BounceKind = Kind
 
 VERP_PREFIX = "bounce+"
 TOKEN_HEADER = "X-Trigger-Email-Token"
+
+log = logging.getLogger(__name__)
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
+"""Its detectors log (and raise) on odd input; `_flufl_failures` catches, so the log is noise."""
 
 _Fields = dict[str, str]
 """One block of `Name: value` fields (lower-case names, unfolded values, first value wins)."""
@@ -53,18 +65,13 @@ _NOT_COMPLAINTS = {"not-spam", "auth-failure"}
 opposite of a complaint, "auth-failure" (RFC 6591) reports a DKIM/SPF/DMARC failure.
 Suppressing an HCP over either would lose a consenting reader."""
 
-_SEVERITY: dict[BounceKind, int] = {"hard": 3, "complaint": 3, "soft": 2, "unknown": 0}
+_SEVERITY: dict[str, int] = {
+    "hard": 5, "complaint": 5, "block": 4, "soft": 3, "auto_reply": 1, "not_a_bounce": 0,
+}
 
 # Enhanced status codes (RFC 3463) and SMTP reply codes (RFC 5321). The look-arounds keep
 # IP addresses ("10.5.1.100") and version strings ("v5.1.1") from passing for a status.
 _ENHANCED = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
-_REPLY_AND_ENHANCED = re.compile(r"(?<![\w.])([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)")
-_REPLY_IN_CONTEXT = re.compile(
-    r"(?:(?:>|\b(?:said|replied|answered|response|responded|error|smtp|data|command))\s*[:;]|"
-    r"\bfailed\s+with)\s*([245][0-5]\d)(?![\d.])",
-    re.IGNORECASE,
-)
-_LEADING_REPLY = re.compile(r"\s*([245][0-5]\d)(?![\d.])")
 _DIAGNOSTIC_TYPE = re.compile(r"\s*([A-Za-z][\w-]*)\s*;\s*(.*)", re.DOTALL)
 _ADDRESS = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -90,11 +97,11 @@ attachment must not cost a regex pass over megabytes."""
 class BounceReport:
     """What one report says about one recipient of one email we sent.
 
-    `kind`: "hard" (the address will not work: stop using it), "soft" (temporary: the
-    message may still arrive or a later one may), "complaint" (the recipient reported the
-    email as abuse) or "unknown" (not a failure we can act on, including success DSNs and
-    unreadable input). `token` and `original_message_id` tie the report to the message row;
-    either may be missing because MTAs are free to return only part of the original.
+    `kind` and `reason` come from `core.classify` (hard, soft, block, complaint, auto_reply,
+    not_a_bounce; unreadable input is `not_a_bounce` / `undefined`). `token` and
+    `original_message_id` tie the report to the message row; either may be missing because
+    MTAs are free to return only part of the original. `reporter` names the system that
+    wrote the report (`gmail`, `microsoft`, `exim`, …) when it can be told.
     """
 
     kind: BounceKind
@@ -104,6 +111,8 @@ class BounceReport:
     token: str | None = None
     original_message_id: str | None = None
     feedback_type: str | None = None
+    reason: str = "undefined"
+    reporter: str | None = None
 
 
 def verp_address(token: str, domain: str) -> str:
@@ -169,11 +178,21 @@ def parse_reports(raw: bytes, *, envelope_to: list[str] | None = None) -> list[B
     try:
         message = _parse(raw)
         original = _original_headers(message)
-        reports = _dsn_reports(message) or _arf_reports(message, original) or _fallback_reports(message)
+        reporter = reporter_of(message)
+        reports = (
+            _dsn_reports(message, reporter)
+            or _arf_reports(message, original)
+            or _jmrp_reports(message)
+            or _embedded_dsn_reports(message, reporter)
+            or _fallback_reports(message, raw, original, reporter)
+        )
+        for report in reports:
+            report.reporter = reporter
         token = envelope_token or _token_from_message(message, original)
         message_id = _message_id(original.get("message-id")) if original else None
     except Exception:  # noqa: BLE001 - a malformed report must never stop bounce processing
-        return [BounceReport(kind="unknown", token=envelope_token)]
+        log.exception("unreadable report")
+        return [BounceReport(kind="not_a_bounce", reason="undefined", token=envelope_token)]
     for report in reports:
         report.token = token
         report.original_message_id = message_id
@@ -383,30 +402,426 @@ def _token_from_message(message: Message, original: _Fields | None) -> str | Non
     return _first_token(candidates)
 
 
-# --- the three report shapes -----------------------------------------------------------
+# --- who wrote the report --------------------------------------------------------------
+
+_REPORTERS: list[tuple[str, re.Pattern[str]]] = [
+    ("gmail", re.compile(r"google\.com|gmail|googlemail", re.IGNORECASE)),
+    ("microsoft", re.compile(r"outlook\.com|hotmail|protection\.outlook|office365|\bmsn\.com|live\.com|exchange|microsoft", re.IGNORECASE)),
+    ("yahoo", re.compile(r"yahoo|yahoodns|\baol\.com|aol\.net", re.IGNORECASE)),
+    ("apple", re.compile(r"icloud\.com|\bme\.com|mac\.com|apple\.com", re.IGNORECASE)),
+    ("amazon_ses", re.compile(r"amazonses|amazonaws", re.IGNORECASE)),
+    ("mimecast", re.compile(r"mimecast", re.IGNORECASE)),
+    ("exim", re.compile(r"\bexim\b", re.IGNORECASE)),
+    ("postfix", re.compile(r"postfix", re.IGNORECASE)),
+    ("sendmail", re.compile(r"sendmail", re.IGNORECASE)),
+    ("qmail", re.compile(r"qmail", re.IGNORECASE)),
+]
 
 
-def _dsn_reports(message: Message) -> list[BounceReport]:
+def reporter_of(message: Message) -> str | None:
+    """The system that wrote a report, from the fields that name it: the DSN's
+    Reporting-MTA, the mailer headers, the sender and the first Received hop."""
+    evidence: list[str] = []
+    for part in _report_parts(message):
+        if part.get_content_type() in _DSN_TYPES:
+            for block in _report_blocks(part):
+                evidence.append(block.get("reporting-mta", ""))
+    for name in ("x-mailer", "x-mimeole", "x-ms-exchange-organization-authas", "from", "message-id", "received"):
+        evidence.append(_raw_header(message, name) or "")
+    if any(name.lower().startswith("x-ms-exchange") for name in message.keys()):
+        evidence.append("exchange")
+    joined = " ".join(evidence)
+    for name, pattern in _REPORTERS:
+        if pattern.search(joined):
+            return name
+    return None
+
+
+# --- the report shapes -----------------------------------------------------------------
+
+
+def _dsn_reports(message: Message, reporter: str | None, parts: list[Message] | None = None) -> list[BounceReport]:
     """RFC 3464: one report per per-recipient block (the ones naming a recipient, action or
     status; the per-message block names the reporting MTA)."""
     reports: list[BounceReport] = []
-    for part in _report_parts(message):
+    for part in parts if parts is not None else _report_parts(message):
         if part.get_content_type() not in _DSN_TYPES:
             continue
-        for block in _report_blocks(part):
-            if not {"final-recipient", "original-recipient", "action", "status"} & block.keys():
-                continue
-            diagnostic = _diagnostic(block.get("diagnostic-code"))
-            status = _status(block.get("status")) or _status(diagnostic)
-            reports.append(
-                BounceReport(
-                    kind=_dsn_kind(block.get("action"), status, diagnostic),
-                    recipient=_address(block.get("final-recipient")) or _address(block.get("original-recipient")),
-                    status=status,
-                    diagnostic=diagnostic,
-                )
-            )
+        reports.extend(_dsn_block_reports(message, _report_blocks(part), reporter))
+    if not reports and parts is None:
+        # A report forwarded as an attachment (a gateway that wraps the DSN it got, with
+        # its own disclaimer): the attached report, never our own returned email, which
+        # is never a multipart/report.
+        for part in _report_parts(message):
+            if part.get_content_type() in _ORIGINAL_MESSAGE_TYPES:
+                payload = part.get_payload()
+                inner = payload[0] if isinstance(payload, list) and payload else None
+                if isinstance(inner, Message) and inner.get_content_type() == "multipart/report":
+                    reports.extend(_dsn_reports(inner, reporter))
     return reports
+
+
+def _dsn_block_reports(message: Message, blocks: list[_Fields], reporter: str | None) -> list[BounceReport]:
+    reports: list[BounceReport] = []
+    explanation: str | None = None
+    for block in blocks:
+        if not {"final-recipient", "original-recipient", "action", "status"} & block.keys():
+            continue
+        # Original-Recipient is the address as we sent it; Final-Recipient may be an alias
+        # it expanded to, or not an address at all (x400).
+        recipient = (
+            _address(block.get("original-recipient"))
+            or _address(block.get("final-recipient"))
+            or _address(block.get("x-actual-recipient"))
+        )
+        diagnostic = _diagnostic(block.get("diagnostic-code"))
+        status_comment = re.sub(r"^\s*[245]\.\d{1,3}\.\d{1,3}\s*", "", block.get("status", "")).strip(" ()")
+        if not diagnostic and status_comment:
+            diagnostic = status_comment
+        verdict = classify(status=_status(block.get("status")), diagnostic=diagnostic, action=block.get("action"), reporter=reporter)
+        if verdict.reason in {"undefined", "mailer_error", "system_error"} and not diagnostic:
+            # Exchange and others put the cause in the human-readable part only.
+            if explanation is None:
+                explanation = _explanation_text(message)
+            line = _line_about(explanation, recipient)
+            if line and text_reason(line):
+                diagnostic = line
+                verdict = classify(status=verdict.status, diagnostic=line, action=block.get("action"), reporter=reporter)
+        reports.append(
+            BounceReport(
+                kind=verdict.kind, reason=verdict.reason, recipient=recipient,
+                status=verdict.status, diagnostic=diagnostic,
+            )
+        )
+    return reports
+
+
+def _line_about(text: str, recipient: str | None) -> str | None:
+    """The explanation lines about `recipient`: its line and the next non-empty one."""
+    if not recipient:
+        return None
+    lines = [line.strip() for line in text.splitlines()]
+    for index, line in enumerate(lines):
+        if recipient in line.lower():
+            following = next((other for other in lines[index + 1 : index + 4] if other), "")
+            return _unfold(f"{line} {following}")[:500]
+    return None
+
+
+def _embedded_dsn_reports(message: Message, reporter: str | None) -> list[BounceReport]:
+    """A delivery-status report pasted into a text part (gateways that flatten the
+    multipart/report, a broken boundary that hides the parts): the same fields, read from
+    the text."""
+    text = _explanation_text(message, whole=True)
+    if not re.search(r"^(?:Final|Original)-Recipient\s*:", text, re.IGNORECASE | re.MULTILINE):
+        return []
+    start = re.search(r"^(?:Reporting-MTA|Final-Recipient|Original-Recipient|Arrival-Date)\s*:", text, re.IGNORECASE | re.MULTILINE)
+    assert start is not None
+    return _dsn_block_reports(message, [block for block in _text_blocks(text[start.start() :]) if block], reporter)
+
+
+def _all_values(part: Message, name: str) -> list[str]:
+    """Every value of a field that may repeat (Original-Rcpt-To), across a report's blocks."""
+    values: list[str] = []
+    payload = part.get_payload()
+    subs = [sub for sub in payload if isinstance(sub, Message)] if isinstance(payload, list) else []
+    for sub in [part, *subs]:
+        values.extend(str(value) for key, value in sub.raw_items() if key.strip().lower() == name)
+    if not subs and isinstance(payload, str):
+        values.extend(match.group(1) for match in re.finditer(rf"^{name}\s*:\s*(.+)$", payload, re.IGNORECASE | re.MULTILINE))
+    return values
+
+
+def _arf_reports(message: Message, original: _Fields | None) -> list[BounceReport]:
+    """RFC 5965: the complained-about recipients are every Original-Rcpt-To, else the
+    address the report asks to remove, else the To of the returned email (feedback loops
+    often redact the first, and an HCP address left in the copy is still the right one to
+    suppress)."""
+    for part in _report_parts(message):
+        if part.get_content_type() not in _ARF_TYPES:
+            continue
+        fields: _Fields = {}
+        for block in _report_blocks(part):
+            for name, value in block.items():
+                fields.setdefault(name, value)
+        feedback_type = (fields.get("feedback-type") or "").strip().lower() or None
+        recipients = [address for value in _all_values(part, "original-rcpt-to") if (address := _address(value))]
+        if not recipients:
+            fallback = _address(fields.get("removal-recipient")) or _address((original or {}).get("to"))
+            recipients = [fallback] if fallback else []
+        # Feedback-Type is required (RFC 5965 3.1); without it the part is not a report.
+        if feedback_type and feedback_type not in _NOT_COMPLAINTS:
+            kind, reason = "complaint", "feedback"
+        elif feedback_type == "auth-failure":
+            kind, reason = "not_a_bounce", "auth_failure"
+        else:
+            kind, reason = "not_a_bounce", "feedback"
+        return [
+            BounceReport(kind=kind, reason=reason, recipient=recipient, feedback_type=feedback_type)  # type: ignore[arg-type]
+            for recipient in _unique(recipients or [None])
+        ]
+    return []
+
+
+def _jmrp_reports(message: Message) -> list[BounceReport]:
+    """Microsoft's feedback loop (JMRP) before it adopted ARF: the reported email attached
+    as message/rfc822 with the complaining recipient in `X-HmXmrOriginalRecipient`."""
+    for part in _report_parts(message):
+        if part.get_content_type() not in _ORIGINAL_MESSAGE_TYPES:
+            continue
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if not isinstance(inner, Message):
+            continue
+        fields = _fields(inner.raw_items())
+        recipient = _address(fields.get("x-hmxmroriginalrecipient"))
+        if recipient:
+            return [BounceReport(kind="complaint", reason="feedback", recipient=recipient, feedback_type="abuse")]
+    return []
+
+
+def _unique(items: Iterable[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def _explanation_text(message: Message, *, whole: bool = False) -> str:
+    """The human-readable text of a report, outside any attached original; cut where a
+    quoted copy of our email starts unless `whole`. A multipart whose boundary is missing
+    or wrong comes out of the parser as one text blob: it is read as text too."""
+    texts: list[str] = []
+    for part in _report_parts(message):
+        content_type = part.get_content_type()
+        if part.get_content_maintype() == "multipart":
+            payload = part.get_payload()
+            if isinstance(payload, str):
+                texts.append(payload)
+            continue
+        if content_type not in {"text/plain", "text/html"} and not (
+            part is message and part.get_content_maintype() == "text"
+        ):
+            continue
+        text = _part_text(part)
+        if content_type == "text/html":
+            text = re.sub(r"<[^>]*>", " ", text)
+        texts.append(text)
+    joined = "\n".join(texts)
+    if whole:
+        return joined
+    start = _ORIGINAL_STARTS.search(joined)
+    return (joined[: start.start()] if start else joined)[:_MAX_SCAN]
+
+
+_BOUNCE_SENDER = re.compile(r"mailer-daemon|postmaster|mail delivery|mail administrator|mailadmin|mdaemon|daemon@", re.IGNORECASE)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|failed|problem|notification|has failed|report)|"
+    r"failure notice|returned mail|mail delivery|could not (?:be )?deliver|non.?deliver|"
+    r"not (?:be )?delivered|bounce|delivery error|mail system error|rejected|"
+    r"nicht zustellbar|unzustellbar|retourn|failed mail|error sending|warning: could not|mail error|"
+    r"permanent (?:delivery )?failure|non remis|not delivered",
+    re.IGNORECASE,
+)
+_WARNING = re.compile(
+    r"warning (?:message )?only|has been delayed|still (?:trying|being retried)|will (?:continue|keep) (?:trying|to try)|"
+    r"(?:has|have) not yet been delivered|will be retried|no action is required|"
+    r"delivery attempts will continue|has been postponed|not need to resend",
+    re.IGNORECASE,
+)
+_DELAY_SUBJECT = re.compile(r"\bdelay(?:ed)?\b|still being retried|delivery warning|not yet been delivered", re.IGNORECASE)
+_QUOTED_HEADER = re.compile(r"^\s*(?:\*\s*)?(?:subject|to|cc|sent|date|from|asunto|betreff|objet)\s*:.*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _without_quoted_headers(text: str) -> str:
+    """The explanation without the quoted Subject/To/Date lines of our email: a subject
+    saying "virus" or "blocked" is not why delivery failed."""
+    return _QUOTED_HEADER.sub("", text)
+
+
+def _flufl_failures(raw: bytes) -> tuple[list[str], list[str]]:
+    """Mailman's detectors (flufl.bounce): temporary and permanent failed recipients of a
+    non-standard bounce, found with the MTA-specific rules of ~15 systems."""
+    try:
+        from flufl.bounce import all_failures
+
+        temporary, permanent = all_failures(email_package.message_from_bytes(raw))
+    except Exception:  # noqa: BLE001 - a detector tripping on odd input must not lose the report
+        return [], []
+    decode = lambda found: sorted(  # noqa: E731
+        address.decode("ascii", "replace").strip("<>").rstrip(".").lower() for address in found if b"@" in address
+    )
+    return decode(temporary), decode(permanent)
+
+
+def _fallback_reports(message: Message, raw: bytes, original: _Fields | None, reporter: str | None) -> list[BounceReport]:
+    """Bounces that are not RFC 3464 (qmail, Exim without DSN, Exchange 2003, Sendmail v5,
+    webmail and carrier gateways) and the other mail that reaches the bounce address:
+    auto-replies and plain mail.
+
+    Recipients: X-Failed-Recipients, then Mailman's per-MTA detectors, then an address
+    named on the failure line or in the explanation, then the To of the returned copy.
+    The kind: the classifier on the failure text; the report is final unless it reads as a
+    warning (the MTA still tries)."""
+    text = _explanation_text(message)
+    subject = _raw_header(message, "subject") or ""
+    sender = _raw_header(message, "from") or ""
+    failed_header = [
+        address.lower().rstrip(".")
+        for value in (str(v) for k, v in message.raw_items() if k.lower() == "x-failed-recipients")
+        for address in _ADDRESS.findall(value)
+    ]
+    temporary, permanent = _flufl_failures(raw if isinstance(raw, bytes) else bytes(raw))
+    status_match = _STATUS_LINE.search(text)
+    looks_like_bounce = bool(
+        failed_header or temporary or permanent or _BOUNCE_SENDER.search(sender) or _BOUNCE_SUBJECT.search(subject)
+    )
+    auto = (_raw_header(message, "auto-submitted") or "").lower()
+    if not looks_like_bounce or (auto.startswith("auto-replied") and not (failed_header or permanent or temporary) and is_vacation(subject, text)):
+        if (
+            auto.startswith("auto-replied")
+            or any(_raw_header(message, name) for name in ("x-autoreply", "x-autorespond", "x-auto-response-suppress"))
+            or (_raw_header(message, "precedence") or "").lower() == "auto_reply"
+            or is_vacation(subject, "")
+        ):
+            return [BounceReport(kind="auto_reply", reason="vacation", recipient=_address(sender), diagnostic=_unfold(subject)[:200] or None)]
+        return [BounceReport(kind="not_a_bounce", reason="not_a_bounce", recipient=_address(_raw_header(message, "x-failed-recipients")))]
+
+    warning = bool(temporary and not permanent) or bool(_DELAY_SUBJECT.search(subject)) or bool(_WARNING.search(text))
+    action = "delayed" if warning else "failed"
+    failure_text = _without_quoted_headers(text)
+    diagnostic = _failure_line(failure_text, status_match)
+    verdict = classify(diagnostic=diagnostic, action=action, reporter=reporter)
+    if verdict.reason == "undefined" or diagnostic is None:
+        found = text_match(failure_text)
+        if found:
+            snippet = _line_with(failure_text, found[1].group(0))
+            verdict = classify(status=verdict.status, code=verdict.code, diagnostic=snippet, action=action, reporter=reporter)
+            diagnostic = diagnostic or snippet.strip()
+
+    recipients = _unique(failed_header + permanent + temporary)
+    if not recipients:
+        found = _failed_address(message, text, diagnostic or "")
+        if found:
+            recipients = [found]
+    if not recipients and original:
+        for name in ("x-original-to", "to", "delivered-to"):
+            found = _address(original.get(name))
+            if found and token_from_verp(found) is None:
+                recipients = [found]
+                break
+    if len(recipients) > 1:
+        return [_section_report(failure_text, recipient, recipients, verdict, diagnostic, action, reporter) for recipient in recipients]
+    return [
+        BounceReport(kind=verdict.kind, reason=verdict.reason, recipient=recipient, status=verdict.status, diagnostic=diagnostic)
+        for recipient in (recipients or [None])
+    ]
+
+
+def _section_report(
+    text: str, recipient: str, recipients: list[str], verdict: Any, diagnostic: str | None, action: str, reporter: str | None
+) -> BounceReport:
+    """One recipient of a multi-recipient non-standard bounce: the text from its address
+    to the next recipient's is what the bounce says about it (Yahoo lists "unknown" and
+    "disabled" accounts in one message)."""
+    lowered = text.lower()
+    start = lowered.find(recipient)
+    if start != -1:
+        after = [lowered.find(other, start + len(recipient)) for other in recipients if other != recipient]
+        ends = [position for position in after if position != -1]
+        section = text[start : min(ends) if ends else start + 600]
+        if text_reason(section):
+            status_match = _STATUS_LINE.search(section)
+            line = _unfold(section)[:300]
+            mine = classify(diagnostic=line, action=action, reporter=reporter)
+            if mine.reason != "undefined" or status_match:
+                return BounceReport(kind=mine.kind, reason=mine.reason, recipient=recipient, status=mine.status, diagnostic=line)
+    return BounceReport(kind=verdict.kind, reason=verdict.reason, recipient=recipient, status=verdict.status, diagnostic=diagnostic)
+
+
+_STATUS_LINE = re.compile(r"(?<![\w.])(?:[45]\d\d[ -])?[45]\.\d{1,3}\.\d{1,3}(?!\.?\d)|(?<![\w.\[])[45][0-5]\d(?=[ -][A-Za-z<])")
+
+
+def _line_with(text: str, words: str) -> str:
+    """The explanation line(s) where the classifier found its reason: the line holding
+    `words` (or the lines it spans), with the line before when that one is an address."""
+    lines = [line.strip() for line in text.splitlines()]
+    first = words.split()[0].lower() if words.split() else words.lower()
+    for index, line in enumerate(lines):
+        if first in line.lower():
+            picked = [line]
+            extra = index + 1
+            while len(" ".join(picked)) < len(words) + len(line) and extra < len(lines):
+                picked.append(lines[extra])
+                extra += 1
+            if index > 0 and _ADDRESS.search(lines[index - 1]) and len(lines[index - 1]) < 120:
+                picked.insert(0, lines[index - 1])
+            joined = _unfold(" ".join(picked))
+            if words.lower().split()[-1] in joined.lower():
+                return joined[:300]
+    return _unfold(text)[:300]
+
+
+def _failure_line(text: str, status_match: re.Match[str] | None) -> str | None:
+    """The line that explains the failure: the one with an SMTP code, if any."""
+    if status_match is not None:
+        line_start = text.rfind("\n", 0, status_match.start()) + 1
+        line_end = text.find("\n", status_match.end())
+        line = text[line_start : line_end if line_end != -1 else len(text)]
+        if len(_unfold(line)) < 40:
+            # The code stands alone on its line; the reason is on the next one.
+            nxt_end = text.find("\n", line_end + 1) if line_end != -1 else -1
+            line = text[line_start : nxt_end if nxt_end != -1 else len(text)]
+        return _unfold(line)[:500] or None
+    return None
+
+
+def _failed_address(message: Message, text: str, code_line: str) -> str | None:
+    """The address the failure is about: on the line with the code if there is one, else
+    the first in the explanation, skipping our own VERP address and the report's From/To."""
+    own = {
+        found.lower()
+        for name in ("from", "to", "delivered-to", "x-original-to", "reply-to", "sender")
+        for found in _ADDRESS.findall(_raw_header(message, name) or "")
+    }
+    for source in (code_line, text):
+        for found in _ADDRESS.finditer(source):
+            address = found.group(0).rstrip(".").lower()
+            if address not in own and token_from_verp(address) is None and not _BOUNCE_SENDER.search(address):
+                return address
+    return None
+
+
+# --- one verdict per message: what the CLI and the benchmark print ----------------------
+
+
+@dataclass
+class MessageVerdict:
+    kind: str
+    reason: str
+    status: str | None
+    recipients: list[str]
+    diagnostic: str | None
+    reporter: str | None
+
+    def as_json(self, file: str) -> dict[str, Any]:
+        return {
+            "file": file, "kind": self.kind, "reason": self.reason, "status": self.status,
+            "recipients": self.recipients, "diagnostic": self.diagnostic,
+        }
+
+
+def classify_message(raw: bytes) -> MessageVerdict:
+    """The report as a whole: every recipient it names, and the verdict of the most severe
+    one (what the listener acts on first). The same parser the bounce listener runs."""
+    reports = parse_reports(raw)
+    top = max(reports, key=lambda report: _SEVERITY[report.kind])
+    return MessageVerdict(
+        kind=top.kind, reason=top.reason, status=top.status,
+        recipients=_unique(report.recipient for report in reports if report.recipient),
+        diagnostic=top.diagnostic or top.feedback_type, reporter=top.reporter,
+    )
 
 
 def _diagnostic(value: str | None) -> str | None:
@@ -421,118 +836,3 @@ def _diagnostic(value: str | None) -> str | None:
 def _status(value: str | None) -> str | None:
     match = _ENHANCED.search(value) if value else None
     return ".".join(match.groups()) if match else None
-
-
-def _dsn_kind(action: str | None, status: str | None, diagnostic: str | None) -> BounceKind:
-    """Classify one recipient. The status class decides (5 permanent, 4 transient), so an
-    MTA that gives up after days of timeouts ("failed", 4.x.x) does not cost the HCP an
-    address that may well be fine; "delayed" is soft whatever the status says. A failure
-    with no code at all is soft too: hard marks the address dead, which needs evidence."""
-    action = (action or "").strip().lower().split(" ")[0]
-    if action in {"delivered", "relayed", "expanded"}:
-        return "unknown"
-    if action == "delayed":
-        return "soft"
-    code_class = status[0] if status else None
-    if code_class is None and diagnostic:
-        reply = _LEADING_REPLY.match(diagnostic) or _REPLY_IN_CONTEXT.search(diagnostic)
-        code_class = reply.group(1)[0] if reply else None
-    if code_class == "5":
-        return "hard"
-    if code_class == "4":
-        return "soft"
-    if code_class == "2":
-        return "unknown"
-    return "soft" if action == "failed" else "unknown"
-
-
-def _arf_reports(message: Message, original: _Fields | None) -> list[BounceReport]:
-    """RFC 5965: the complained-about recipient is Original-Rcpt-To, else the address the
-    report asks to remove, else the To of the returned email (feedback loops often redact
-    the first, and an HCP address left in the copy is still the right one to suppress)."""
-    for part in _report_parts(message):
-        if part.get_content_type() not in _ARF_TYPES:
-            continue
-        fields: _Fields = {}
-        for block in _report_blocks(part):
-            for name, value in block.items():
-                fields.setdefault(name, value)
-        feedback_type = (fields.get("feedback-type") or "").strip().lower() or None
-        recipient = (
-            _address(fields.get("original-rcpt-to"))
-            or _address(fields.get("removal-recipient"))
-            or _address((original or {}).get("to"))
-        )
-        # Feedback-Type is required (RFC 5965 3.1); without it the part is not a report.
-        kind: BounceKind = "complaint" if feedback_type and feedback_type not in _NOT_COMPLAINTS else "unknown"
-        return [BounceReport(kind=kind, recipient=recipient, feedback_type=feedback_type)]
-    return []
-
-
-def _explanation_text(message: Message, *, whole: bool = False) -> str:
-    """The human-readable text of a report, outside any attached original; cut where a
-    quoted copy of our email starts unless `whole`."""
-    texts: list[str] = []
-    for part in _report_parts(message):
-        if part.get_content_maintype() == "multipart" or part.get_content_type() not in {"text/plain", "text/html"}:
-            continue
-        text = _part_text(part)
-        if part.get_content_type() == "text/html":
-            text = re.sub(r"<[^>]*>", " ", text)
-        texts.append(text)
-    joined = "\n".join(texts)
-    if whole:
-        return joined
-    start = _ORIGINAL_STARTS.search(joined)
-    return (joined[: start.start()] if start else joined)[:_MAX_SCAN]
-
-
-def _fallback_reports(message: Message) -> list[BounceReport]:
-    """Best effort for bounces that are not RFC 3464 (old qmail, some Exchange and webmail
-    systems): an SMTP reply or enhanced status code in the explanation, read only where it
-    is plainly an SMTP answer so a number in an auto-reply does not pass for a bounce."""
-    text = _explanation_text(message)
-    status: str | None = None
-    code_class: str | None = None
-    position: int | None = None
-    for pattern in (_REPLY_AND_ENHANCED, _ENHANCED, _REPLY_IN_CONTEXT):
-        match = pattern.search(text)
-        if match:
-            position = match.start(1)
-            if pattern is _REPLY_AND_ENHANCED:
-                status = match.group(2)
-            elif pattern is _ENHANCED:
-                status = ".".join(match.groups())
-            code_class = match.group(1)[0]
-            break
-    kinds: dict[str, BounceKind] = {"5": "hard", "4": "soft"}
-    kind = kinds.get(code_class or "", "unknown")
-    if position is None:
-        return [BounceReport(kind="unknown", recipient=_address(_raw_header(message, "x-failed-recipients")))]
-    line_start = text.rfind("\n", 0, position) + 1
-    line_end = text.find("\n", position)
-    line = text[line_start : line_end if line_end != -1 else len(text)]
-    return [
-        BounceReport(
-            kind=kind,
-            recipient=_address(_raw_header(message, "x-failed-recipients")) or _failed_address(message, text, line),
-            status=status,
-            diagnostic=_unfold(line)[:500] or None,
-        )
-    ]
-
-
-def _failed_address(message: Message, text: str, code_line: str) -> str | None:
-    """The address the failure is about: on the line with the code if there is one, else
-    the first in the explanation, skipping our own VERP address and the report's From/To."""
-    own = {
-        found.lower()
-        for name in ("from", "to", "delivered-to", "x-original-to")
-        for found in _ADDRESS.findall(_raw_header(message, name) or "")
-    }
-    for source in (code_line, text):
-        for found in _ADDRESS.finditer(source):
-            address = found.group(0).rstrip(".").lower()
-            if address not in own and token_from_verp(address) is None:
-                return address
-    return None

@@ -271,6 +271,21 @@ rule_firings = Table(
 )
 
 
+receiving_domains = Table(
+    "receiving_domains",
+    metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("blocks", Integer, nullable=False, default=0, server_default="0"),
+    Column("window_started_at", UTCDateTime),
+    Column("throttled_until", UTCDateTime),
+    Column("paused_until", UTCDateTime),
+    Column("reason", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""Per receiving domain (grouped by mail provider): the blocks it answered lately and the
+throttle or pause they caused. The deliverability view and the send path read it."""
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 

@@ -28,7 +28,9 @@ from config import parse_duration
 from core.db import UTCDateTime, engagement_events, insert_ignore, messages, rule_firings, triggers
 from core.decisions import pick_address
 from core.directory import mark_address
-from core.metrics import TRACKING
+from core.domains import paused_domains, record_block
+from core.metrics import BOUNCES, TRACKING
+from core.queue import SEND_MESSAGE
 from core.outbox import Fact, record_activities, record_activity
 from core.runtime import Runtime
 from core.scheduler import SweepStep, engagement_column
@@ -48,8 +50,6 @@ _APPLE_MPP = {
     "Mozilla/5.0",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
 }
-SOFT_BOUNCES_FOR_HARD = 3
-SOFT_BOUNCE_WINDOW = timedelta(days=7)
 
 
 def is_machine(rt: Runtime, user_agent: str | None, sent_at: datetime | None, now: datetime) -> bool:
@@ -428,24 +428,36 @@ async def unsubscribe(rt: Runtime, message_id: str, *, via: str) -> dict[str, An
 
 
 async def record_bounce(
-    rt: Runtime, *, kind: str, message_id: str | None, address: str | None, detail: str
+    rt: Runtime, *, kind: str, message_id: str | None, address: str | None, detail: str, reason: str = "undefined"
 ) -> str:
-    """Apply an asynchronous bounce or complaint about an email we sent; returns what was done.
+    """Apply an asynchronous bounce, block, complaint or auto-reply about an email we sent;
+    returns what was done (docs/deliverability.md has the table).
 
     The report names the email by its VERP token (`message_id`); without one, only an address
     we actually mailed counts, so mail to the bounce domain cannot mark arbitrary addresses."""
     now = rt.clock.now()
+    requeued: str | None = None
     async with rt.db.begin() as connection:
         message = await _reported_message(connection, message_id, address)
         if message is None:
             return "ignored: not about an email we sent"
         if kind == "complaint":
             result = await _complaint(rt, connection, message, detail, now)
+        elif kind == "auto_reply":
+            await _event(connection, message, "auto_reply", now, detail=detail)
+            result = f"auto-reply from {message['to_address']} recorded"
+        elif kind == "block":
+            result, requeued = await _block(rt, connection, message, reason, detail, now)
         elif kind == "soft":
-            result = await _soft_bounce(rt, connection, message, detail, now)
+            result, requeued = await _soft_bounce(rt, connection, message, detail, now)
         else:
-            result = await _hard_bounce(rt, connection, message, detail, now)
+            result, requeued = await _hard_bounce(rt, connection, message, detail, now)
+    BOUNCES.labels(kind, reason).inc()
+    if kind == "block":
+        paused_domains(rt).forget()
     TRACKING.labels("complaint" if kind == "complaint" else "bounce").inc()
+    if requeued is not None:
+        await rt.queue.enqueue(SEND_MESSAGE, requeued, job_id=f"send:{requeued}:bounce:{int(now.timestamp())}")
     return result
 
 
@@ -478,24 +490,42 @@ async def _complaint(rt: Runtime, connection: AsyncConnection, message: dict[str
     return f"complaint: NPI {message['npi']} suppressed"
 
 
-async def _soft_bounce(rt: Runtime, connection: AsyncConnection, message: dict[str, Any], detail: str, now: datetime) -> str:
+async def _soft_bounce(
+    rt: Runtime, connection: AsyncConnection, message: dict[str, Any], detail: str, now: datetime
+) -> tuple[str, str | None]:
     """A full mailbox or a greylist is temporary, but an address that keeps failing is not:
-    the third soft bounce within 7 days counts as a hard one."""
+    `bounces.soft_limit` soft bounces within `bounces.soft_window` count as a hard one."""
+    settings = rt.config.bounces
     await _event(connection, message, "soft_bounce", now, detail=detail)
     recent = (
         await connection.execute(
             select(func.count()).where(
                 engagement_events.c.address == message["to_address"], engagement_events.c.kind == "soft_bounce",
-                engagement_events.c.occurred_at > now - SOFT_BOUNCE_WINDOW,
+                engagement_events.c.occurred_at > now - settings.soft_window,
             )
         )
     ).scalar_one()
-    if recent < SOFT_BOUNCES_FOR_HARD:
-        return f"soft bounce {recent} of {SOFT_BOUNCES_FOR_HARD} for {message['to_address']}"
-    return await _hard_bounce(rt, connection, message, f"{recent} soft bounces in 7 days; last: {detail}", now)
+    if recent < settings.soft_limit:
+        return f"soft bounce {recent} of {settings.soft_limit} for {message['to_address']}", None
+    window = _span(settings.soft_window)
+    return await _hard_bounce(rt, connection, message, f"{recent} soft bounces in {window}; last: {detail}", now)
 
 
-async def _hard_bounce(rt: Runtime, connection: AsyncConnection, message: dict[str, Any], detail: str, now: datetime) -> str:
+def _span(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+async def _hard_bounce(
+    rt: Runtime, connection: AsyncConnection, message: dict[str, Any], detail: str, now: datetime
+) -> tuple[str, str | None]:
+    """The address is gone: mark it. The same email goes to the HCP's next address when the
+    bounce came within `bounces.reroute_within` of sending; its follow-ups then run from the
+    email that reached the HCP. An email that reached nobody gets no follow-up: nobody is
+    reminded of an email they never received."""
     address = message["to_address"]
     await mark_address(connection, message["npi"], address, "hard_bounced", detail, now)
     await connection.execute(
@@ -506,7 +536,82 @@ async def _hard_bounce(rt: Runtime, connection: AsyncConnection, message: dict[s
     await _event(connection, message, "hard_bounce", now, detail=detail)
     await record_activity(rt, connection, message, "bounced", now, {"to": address, "reason": detail})
     rerouted = await _reroute_queued(rt, connection, message["npi"], address)
-    return f"hard bounce: {address} marked" + (f"; {rerouted} queued email(s) moved to the next address" if rerouted else "")
+    outcome = f"hard bounce: {address} marked"
+    if rerouted:
+        outcome += f"; {rerouted} queued email(s) moved to the next address"
+    requeued: str | None = None
+    if message["status"] == "sent":
+        requeued, note = await _reroute_sent(rt, connection, message, address, now)
+        outcome += f"; {note}"
+    return outcome, requeued
+
+
+async def _reroute_sent(
+    rt: Runtime, connection: AsyncConnection, message: dict[str, Any], address: str, now: datetime
+) -> tuple[str | None, str]:
+    """Send the email that bounced again, the same email, to the HCP's next address; or
+    cancel its pending follow-ups when it cannot be."""
+    follow_ups = and_(messages.c.trigger_id == message["trigger_id"], messages.c.status == "scheduled")
+    campaign = rt.config.campaign(message["campaign_id"])
+    following = await pick_address(connection, message["npi"], campaign) if campaign else None
+    sent_at = message["sent_at"]
+    in_time = sent_at is not None and now - sent_at <= rt.config.bounces.reroute_within
+    if message["kind"] == "initial" and in_time and following is not None:
+        # The follow-ups are scheduled again when the rerouted email goes out.
+        await _cancel_resends(connection, follow_ups, f"{address} bounced; follow-ups restart from the email to {following}")
+        await connection.execute(
+            update(messages).where(messages.c.id == message["id"], messages.c.status == "sent").values(
+                status="queued", to_address=following, due_at=None, sent_at=None, bounced_at=None,
+                error=f"{address} bounced ({message.get('bounce_reason') or 'hard'}); now to {following}",
+            )
+        )
+        return message["id"], f"the same email goes to {following}"
+    why = (
+        "a follow-up is not rerouted: its reader never got the first email" if message["kind"] != "initial"
+        else "no deliverable address left" if following is None
+        else f"bounce came after {_span(rt.config.bounces.reroute_within)}"
+    )
+    cancelled = await _cancel_resends(connection, follow_ups, f"the email never reached the HCP ({address} bounced)")
+    return None, f"not rerouted ({why})" + (f"; {cancelled} follow-up(s) cancelled" if cancelled else "")
+
+
+async def _block(
+    rt: Runtime, connection: AsyncConnection, message: dict[str, Any], reason: str, detail: str, now: datetime
+) -> tuple[str, str | None]:
+    """The receiver refused us, not the address: the address stays usable, the receiving
+    domain is throttled (or paused, with an alert), and the email is tried again later
+    with backoff, a bounded number of times."""
+    await _event(connection, message, "block", now, detail=f"{reason}: {detail}"[:1000])
+    hold = await record_block(rt, connection, message["to_address"], reason, detail, now)
+    settings = rt.config.bounces
+    blocked_before = (
+        await connection.execute(
+            select(func.count()).where(engagement_events.c.message_id == message["id"], engagement_events.c.kind == "block")
+        )
+    ).scalar_one()
+    outcome = f"block ({reason}) from {hold.group if hold else message['to_address']}: address kept"
+    if message["status"] != "sent":
+        return outcome, None
+    if blocked_before > settings.block_retries:
+        await connection.execute(
+            update(messages).where(messages.c.id == message["id"]).values(
+                bounced_at=func.coalesce(messages.c.bounced_at, now), bounce_reason=f"blocked: {detail}"[:1000]
+            )
+        )
+        return outcome + f"; given up after {blocked_before} blocks", None
+    await _cancel_resends(
+        connection, and_(messages.c.trigger_id == message["trigger_id"], messages.c.status == "scheduled"),
+        "the email was blocked; follow-ups restart when it is delivered",
+    )
+    due = now + settings.block_retry_after * (2 ** (blocked_before - 1))
+    if hold is not None and hold.until > due:
+        due = hold.until
+    await connection.execute(
+        update(messages).where(messages.c.id == message["id"], messages.c.status == "sent").values(
+            status="queued", due_at=due, error=f"blocked ({reason}): {detail}"[:1000]
+        )
+    )
+    return outcome + f"; retry at {due.isoformat()}", None
 
 
 async def _reroute_queued(rt: Runtime, connection: AsyncConnection, npi: str, address: str) -> int:

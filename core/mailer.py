@@ -4,6 +4,7 @@ of SMTP answers into what the sender does next (retry, try the next address, giv
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,10 +103,12 @@ def _address_header(value: str) -> str:
     return formataddr((name, address), charset="utf-8") if name else address
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class DeliveryError(Exception):
     """`recipient_rejected`: 5xx on RCPT, the address is bad (try the next one).
-    `transient`: 4xx or no connection, try again later. `permanent`: any other 5xx."""
+    `transient`: 4xx or no connection, try again later. `permanent`: any other 5xx.
+    What the sender then does is decided by `core.classify` from the code and text.
+    Not frozen: an exception's traceback is written as it passes through context managers."""
 
     kind: Literal["recipient_rejected", "transient", "permanent"]
     code: int | None
@@ -161,12 +164,26 @@ class Mailer:
     DATA and calls `started()` right before DATA, the first moment the server could take the
     message. `stop()` (a worker shutting down) makes both refuse new work with `Stopping`
     and wakes the jobs waiting for a connection; a transaction past `started()` is finished,
-    even when its task is cancelled, for up to `grace` seconds."""
+    even when its task is cancelled, for up to `grace` seconds.
 
-    def __init__(self, target: SmtpTarget, *, pool_size: int = 4, dkim: DkimSigner | None = None, grace: float = 20.0):
+    Pooled connections are reused for at most `max_messages` emails and are not reused after
+    `idle_timeout` seconds unused (servers drop idle sessions); a refused transaction is
+    followed by RSET so the connection serves the next email; a 421 (the server closing the
+    session) or a dropped connection is replaced by a new one, and a pooled connection found
+    dead at MAIL FROM is reconnected once on the spot."""
+
+    def __init__(
+        self, target: SmtpTarget, *, pool_size: int = 4, dkim: DkimSigner | None = None, grace: float = 20.0,
+        max_messages: int = 100, idle_timeout: float = 60.0,
+    ):
         self.target = target
         self.dkim = dkim
         self.grace = grace
+        self.max_messages = max_messages
+        self.idle_timeout = idle_timeout
+        self.connects = 0
+        """Connections opened so far (the benchmark and tests read it)."""
+        self._closing: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self.in_transaction: set[asyncio.Task[Any]] = set()
         """Tasks past `started()`: what a stopping worker waits for."""
@@ -181,10 +198,15 @@ class Mailer:
             task.cancel(STOPPING)
 
     async def _client(self) -> aiosmtplib.SMTP:
+        now = time.monotonic()
         while not self._idle.empty():
             client = self._idle.get_nowait()
-            if client.is_connected:
-                return client
+            if not client.is_connected:
+                continue
+            if getattr(client, "te_sent", 0) >= self.max_messages or now - getattr(client, "te_used", now) > self.idle_timeout:
+                self._retire(client)
+                continue
+            return client
         client = aiosmtplib.SMTP(
             hostname=self.target.hostname,
             port=self.target.port,
@@ -195,7 +217,23 @@ class Mailer:
             timeout=self.target.timeout,
         )
         await client.connect()
+        self.connects += 1
+        client.te_sent = 0  # type: ignore[attr-defined]
+        client.te_used = now  # type: ignore[attr-defined]
         return client
+
+    def _retire(self, client: aiosmtplib.SMTP) -> None:
+        """Say QUIT to a connection that has served its time, without waiting for it."""
+
+        async def quit_politely() -> None:
+            try:
+                await asyncio.wait_for(client.quit(), timeout=5)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+
+        task = asyncio.ensure_future(quit_politely())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
@@ -220,10 +258,19 @@ class Mailer:
                 raise Stopping()
             try:
                 client = await self._client()
+            except aiosmtplib.SMTPResponseException as exc:
+                # The server refused the session (its greeting, EHLO or AUTH): its code and
+                # text go to the classifier like any answer. Still retried later: no message
+                # was claimed yet.
+                raise DeliveryError("transient", exc.code, exc.message) from None
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 raise DeliveryError("transient", None, f"{type(exc).__name__}: {exc}") from None
             try:
                 yield client
+            except DeliveryError:
+                # `transact` closed the connection if it was unusable, else reset it.
+                self._release(client)
+                raise
             except BaseException:
                 self._discard(client)
                 raise
@@ -242,10 +289,27 @@ class Mailer:
         an answer that refuses, Stopping before DATA when the worker stops, Ambiguous when the
         content was sent and no answer came. After any of these the connection is dropped."""
         try:
-            return await self._transact(client, raw, envelope_from=envelope_from, recipient=recipient, started=started)
+            answer = await self._transact(client, raw, envelope_from=envelope_from, recipient=recipient, started=started)
+        except DeliveryError as error:
+            if error.code is None or error.code == 421 or not await self._reset(client):
+                self._discard(client)
+            raise
         except BaseException:
             self._discard(client)
             raise
+        client.te_sent = getattr(client, "te_sent", 0) + 1  # type: ignore[attr-defined]
+        return answer
+
+    async def _reset(self, client: aiosmtplib.SMTP) -> bool:
+        """RSET after a refused transaction, so the connection can serve the next email."""
+        if not client.is_connected:
+            return False
+        try:
+            await client.rset()
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            return False
+        client.te_sent = getattr(client, "te_sent", 0) + 1  # type: ignore[attr-defined]
+        return True
 
     async def _transact(
         self, client: aiosmtplib.SMTP, raw: bytes, *, envelope_from: str, recipient: str, started: Started | None
@@ -254,7 +318,16 @@ class Mailer:
             raise Stopping()
         try:
             options = [f"SIZE={len(raw)}"] if client.supports_extension("size") else []
-            await client.mail(envelope_from, options=options)
+            try:
+                await client.mail(envelope_from, options=options)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                # A pooled connection the server dropped while idle: nothing was sent yet,
+                # so reconnect once and go on.
+                client.close()
+                await client.connect()
+                self.connects += 1
+                client.te_sent = 0  # type: ignore[attr-defined]
+                await client.mail(envelope_from, options=options)
             await client.rcpt(recipient)
         except aiosmtplib.SMTPRecipientRefused as exc:
             kind = "recipient_rejected" if exc.code >= 500 else "transient"
@@ -310,6 +383,7 @@ class Mailer:
 
     def _release(self, client: aiosmtplib.SMTP | None) -> None:
         if client is not None and client.is_connected:
+            client.te_used = time.monotonic()  # type: ignore[attr-defined]
             self._idle.put_nowait(client)
 
     def _discard(self, client: aiosmtplib.SMTP | None) -> None:

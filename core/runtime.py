@@ -68,6 +68,7 @@ async def build_runtime(
         queue=JobQueue(redis),
         mailer=Mailer(
             SmtpTarget.from_url(settings.smtp_url, timeout=settings.smtp_timeout), dkim=dkim_signer(config),
-            grace=settings.shutdown_grace,
+            grace=settings.shutdown_grace, pool_size=config.delivery.connections, max_messages=config.delivery.max_messages,
+            idle_timeout=config.delivery.idle_timeout.total_seconds(),
         ),
     )

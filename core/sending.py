@@ -26,18 +26,20 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
 from core.compose import compose
-from core.db import messages, new_id, triggers
+from core.db import engagement_events, messages, new_id, triggers
 from core.decisions import pick_address
 from core.directory import mark_address
+from core.classify import classify
+from core.domains import Hold, group_of, limiter_of, paused_domains, record_block
 from core.errors import describe_error
 from core.mailer import Ambiguous, DeliveryError, Stopping
 from core.outbox import record_activity
-from core.metrics import MESSAGES, SEND_SECONDS
+from core.metrics import BOUNCES, MESSAGES, SEND_SECONDS
 from core.queue import SEND_MESSAGE
 from core.runtime import Runtime
 
@@ -205,6 +207,11 @@ async def send_message(rt: Runtime, message_id: str) -> str | None:
         if message is not None:
             raise
         # No connection could be made: the row is still queued, count the attempt.
+        if error.code is not None:
+            verdict = classify(code=error.code, diagnostic=error.detail)
+            BOUNCES.labels(verdict.kind, verdict.reason).inc()
+            if verdict.kind == "block":
+                log.warning("the SMTP server refuses our session (%s: %s)", verdict.reason, error)
         return await _unclaimed_failure(rt, message_id, str(error))
     finally:
         leases.drop(message_id)
@@ -215,6 +222,9 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
+    hold = await paused_domains(rt).hold(rt, message["to_address"], rt.clock.now())
+    if hold is not None:
+        return await _held(rt, message, hold)
     started = False
 
     async def mark_started() -> None:
@@ -230,11 +240,14 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
     try:
         email, mime = compose(rt, message, campaign)
         raw = rt.mailer.wire_bytes(mime)
-        with SEND_SECONDS.time():
-            answer = await rt.mailer.transact(
-                client, raw, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"],
-                started=mark_started,
-            )
+        # The receiving domain's pace (per worker): its concurrency and rate, slowed after
+        # a rate answer.
+        async with limiter_of(rt).slot(message["to_address"]):
+            with SEND_SECONDS.time():
+                answer = await rt.mailer.transact(
+                    client, raw, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"],
+                    started=mark_started,
+                )
     except DeliveryError as error:
         MESSAGES.labels(error.kind).inc()
         return await _delivery_failed(rt, message, campaign, error)
@@ -388,28 +401,29 @@ async def _unclaimed_failure(rt: Runtime, message_id: str, error: str) -> str:
 
 
 async def _delivery_failed(rt: Runtime, message: dict[str, Any], campaign: Campaign, error: DeliveryError) -> str:
+    """An SMTP answer that refused the email, classified like any bounce (core.classify):
+    `hard` marks the address and sends the same email to the next one; `block` leaves the
+    address alone, throttles the receiving domain and retries later; a `rate_limited` answer
+    also slows this worker's pace to that domain; `soft` retries with backoff."""
     now = rt.clock.now()
-    if error.kind == "recipient_rejected":
+    verdict = classify(code=error.code, diagnostic=error.detail)
+    BOUNCES.labels(verdict.kind, verdict.reason).inc()
+    if verdict.kind == "hard":
+        return await _rejected(rt, message, campaign, error, now)
+    if verdict.kind == "block":
+        return await _blocked(rt, message, verdict, error, now)
+    if verdict.kind == "soft" and error.code is not None and error.code >= 500:
+        # A refusal the receiver calls final, for a reason that may pass (a full mailbox):
+        # counted like an asynchronous soft bounce, and the address is marked once there
+        # are `bounces.soft_limit` of them.
         async with rt.db.begin() as connection:
-            await mark_address(connection, message["npi"], message["to_address"], "hard_bounced", str(error), now)
-            await record_activity(rt, connection, message, "bounced", now, {"to": message["to_address"], "reason": str(error)})
-            following = await pick_address(connection, message["npi"], campaign)
-            if following is not None:
-                await connection.execute(
-                    update(messages)
-                    .where(messages.c.id == message["id"])
-                    .values(status="queued", to_address=following, due_at=None, claimed_until=None,
-                            error=f"{message['to_address']} rejected: {error}")
-                )
-        if following is not None:
-            log.info("message %s: %s rejected (%s), trying %s", message["id"], message["to_address"], error, following)
-            await rt.queue.enqueue(SEND_MESSAGE, message["id"], job_id=f"send:{message['id']}:c{message['claim_seq']}")
-            return "queued"
-        return await _finish_failed(
-            rt, message, f"no deliverable address left: {message['to_address']} rejected ({error})",
-            trigger_status="no_deliverable_email",
-        )
-    if error.kind == "transient" and message["attempts"] < rt.settings.send_max_attempts:
+            await _event(connection, message, "soft_bounce", f"{verdict.reason}: {error}", now)
+            recent = await soft_bounces(rt, connection, message["to_address"], now)
+        if recent >= rt.config.bounces.soft_limit:
+            return await _rejected(rt, message, campaign, error, now, why=f"{recent} soft bounces; last: {error}")
+        if verdict.reason in {"message_too_big", "undefined"}:
+            return await _finish_failed(rt, message, f"{verdict.reason}: {error}")
+    if message["attempts"] < rt.settings.send_max_attempts and (verdict.kind == "soft"):
         due = now + retry_delay(message["attempts"])
         async with rt.db.begin() as connection:
             await connection.execute(
@@ -420,6 +434,99 @@ async def _delivery_failed(rt: Runtime, message: dict[str, Any], campaign: Campa
         log.info("message %s: temporary failure (%s), retry at %s", message["id"], error, due.isoformat())
         return "queued"
     return await _finish_failed(rt, message, f"after {message['attempts']} attempt(s): {error}")
+
+
+async def _event(connection: AsyncConnection, message: dict[str, Any], kind: str, detail: str, now: datetime) -> None:
+    await connection.execute(engagement_events.insert().values(
+        message_id=message["id"], npi=message["npi"], address=message["to_address"], kind=kind, detail=detail[:1000],
+        occurred_at=now,
+    ))
+
+
+async def soft_bounces(rt: Runtime, connection: AsyncConnection, address: str, now: datetime) -> int:
+    return (
+        await connection.execute(
+            select(func.count()).where(
+                engagement_events.c.address == address, engagement_events.c.kind == "soft_bounce",
+                engagement_events.c.occurred_at > now - rt.config.bounces.soft_window,
+            )
+        )
+    ).scalar_one()
+
+
+async def _rejected(
+    rt: Runtime, message: dict[str, Any], campaign: Campaign, error: DeliveryError, now: datetime, *, why: str | None = None
+) -> str:
+    """The address is gone: mark it, and send the same email to the HCP's next address."""
+    reason = why or str(error)
+    async with rt.db.begin() as connection:
+        await mark_address(connection, message["npi"], message["to_address"], "hard_bounced", reason, now)
+        await _event(connection, message, "hard_bounce", reason, now)
+        await record_activity(rt, connection, message, "bounced", now, {"to": message["to_address"], "reason": reason})
+        following = await pick_address(connection, message["npi"], campaign)
+        if following is not None:
+            await connection.execute(
+                update(messages)
+                .where(messages.c.id == message["id"])
+                .values(status="queued", to_address=following, due_at=None, claimed_until=None,
+                        error=f"{message['to_address']} rejected: {error}")
+            )
+    if following is not None:
+        log.info("message %s: %s rejected (%s), trying %s", message["id"], message["to_address"], error, following)
+        await rt.queue.enqueue(SEND_MESSAGE, message["id"], job_id=f"send:{message['id']}:c{message['claim_seq']}")
+        return "queued"
+    return await _finish_failed(
+        rt, message, f"no deliverable address left: {message['to_address']} rejected ({error})",
+        trigger_status="no_deliverable_email",
+    )
+
+
+async def _blocked(rt: Runtime, message: dict[str, Any], verdict: Any, error: DeliveryError, now: datetime) -> str:
+    """The receiver refuses us, not the address: keep the address, throttle (or pause) the
+    receiving domain, retry the email later with backoff, a bounded number of times."""
+    settings = rt.config.bounces
+    if verdict.reason == "rate_limited":
+        limiter_of(rt).slow_down(group_of(message["to_address"]) or "")
+    async with rt.db.begin() as connection:
+        await _event(connection, message, "block", f"{verdict.reason}: {error}", now)
+        hold = await record_block(rt, connection, message["to_address"], verdict.reason, str(error), now)
+        blocks = (
+            await connection.execute(
+                select(func.count()).where(engagement_events.c.message_id == message["id"], engagement_events.c.kind == "block")
+            )
+        ).scalar_one()
+        if blocks > settings.block_retries:
+            due = None
+        else:
+            due = now + (retry_delay(blocks) if error.code and error.code < 500 else settings.block_retry_after * 2 ** (blocks - 1))
+            if hold is not None and hold.state == "paused" and hold.until > due:
+                due = hold.until
+            await connection.execute(
+                update(messages)
+                .where(_ours(message))
+                .values(status="queued", due_at=due, claimed_until=None, attempts=messages.c.attempts - 1,
+                        error=f"blocked ({verdict.reason}): {error}"[:1000])
+            )
+    paused_domains(rt).forget()
+    if due is None:
+        return await _finish_failed(rt, message, f"refused {blocks} times ({verdict.reason}): {error}; the address is kept")
+    log.info("message %s: %s refused us (%s: %s); address kept, retry at %s", message["id"], hold.group if hold else "",
+             verdict.reason, error, due.isoformat())
+    return "queued"
+
+
+async def _held(rt: Runtime, message: dict[str, Any], hold: Hold) -> str:
+    """Sending to the receiving domain is paused after repeated blocks: the email waits
+    until the pause ends, without spending an attempt."""
+    async with rt.db.begin() as connection:
+        await connection.execute(
+            update(messages)
+            .where(_ours(message))
+            .values(status="queued", due_at=hold.until, attempts=messages.c.attempts - 1, claimed_until=None,
+                    error=f"{hold.group} paused until {hold.until.isoformat()}: {hold.reason}"[:1000])
+        )
+    log.info("message %s waits: %s paused until %s", message["id"], hold.group, hold.until.isoformat())
+    return "queued"
 
 
 async def _finish_failed(

@@ -77,14 +77,27 @@ def make_config(text: str = BASE_CONFIG, **env: str) -> Config:
 @dataclass
 class SmtpSink:
     """A real SMTP server. `reject` maps an address to an SMTP reply for RCPT (e.g. 550);
-    `defer` maps an address to how many RCPTs get a 451 before it is accepted."""
+    `defer` maps an address to how many RCPTs get a 451 before it is accepted, answered with
+    `defer_reply` (per address, default a greylisting 451); `reject_data` maps an address to
+    the reply after DATA (the content refused, e.g. "554 5.7.1 … spam")."""
 
     messages: list[EmailMessage] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     reject: dict[str, str] = field(default_factory=dict)
     defer: dict[str, int] = field(default_factory=dict)
+    defer_reply: dict[str, str] = field(default_factory=dict)
+    reject_data: dict[str, str] = field(default_factory=dict)
+    reject_mail: str = ""
+    """When set, the reply to every MAIL FROM (e.g. "550 5.7.1 … blocklist")."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if self.reject_mail:
+            return self.reject_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         address = address.lower()
@@ -92,11 +105,14 @@ class SmtpSink:
             return self.reject[address]
         if self.defer.get(address, 0) > 0:
             self.defer[address] -= 1
-            return "451 4.7.1 Greylisted, try again later"
+            return self.defer_reply.get(address, "451 4.7.1 Greylisted, try again later")
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        refused = next((self.reject_data[a] for a in envelope.rcpt_tos if a in self.reject_data), None)
+        if refused is not None:
+            return refused
         content = envelope.original_content or envelope.content
         raw = content if isinstance(content, bytes) else content.encode()
         message = message_from_bytes(raw, policy=policy.default)

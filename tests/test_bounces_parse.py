@@ -76,7 +76,7 @@ def test_arf_abuse_complaint() -> None:
 
 def test_arf_not_spam_is_not_a_complaint() -> None:
     report = parse_report(load("arf_abuse_complaint.eml").replace(b"Feedback-Type: abuse", b"Feedback-Type: not-spam"))
-    assert (report.kind, report.feedback_type) == ("unknown", "not-spam")
+    assert (report.kind, report.feedback_type) == ("not_a_bounce", "not-spam")
 
 
 def test_arf_redacted_rcpt_to_uses_removal_recipient() -> None:
@@ -102,20 +102,20 @@ def test_exim_style_bounce_reads_failed_recipients_header() -> None:
     assert (report.kind, report.recipient, report.token) == ("hard", "doc@clinic.example", "ex1")
 
 
-def test_auto_reply_with_numbers_is_not_a_bounce() -> None:
+def test_auto_reply_with_numbers_is_an_auto_reply_not_a_bounce() -> None:
     raw = (
         b"From: Dr. Smith <dr.smith@clinic.example>\nTo: bounce+tok1@bounces.pharma.example\n"
         b"Subject: Out of office\n\nI am away until Monday.\nClinic office: 550 Main St, Suite 450\n"
     )
     report = parse_report(raw)
-    assert (report.kind, report.token) == ("unknown", "tok1")
+    assert (report.kind, report.reason, report.token) == ("auto_reply", "vacation", "tok1")
 
 
 def test_success_dsn_is_not_a_bounce() -> None:
     raw = load("dsn_soft_delayed.eml").replace(b"Action: delayed", b"Action: delivered").replace(
         b"Status: 4.3.0", b"Status: 2.0.0"
     )
-    assert parse_report(raw).kind == "unknown"
+    assert parse_report(raw).kind == "not_a_bounce"
 
 
 # --- garbage ---------------------------------------------------------------------------
@@ -129,11 +129,15 @@ def test_success_dsn_is_not_a_bounce() -> None:
         b"not an email at all",
         b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\nContent-Type: message/deli",
         b"Content-Type: message/feedback-report\n\n\xff\xfe",
-        load("dsn_hard_550.eml")[:300],
     ],
 )
-def test_garbage_is_unknown(raw: bytes) -> None:
-    assert parse_report(raw).kind == "unknown"
+def test_garbage_is_not_a_bounce(raw: bytes) -> None:
+    assert parse_report(raw).kind == "not_a_bounce"
+
+
+def test_a_bounce_cut_off_before_its_report_never_burns_the_address() -> None:
+    report = parse_report(load("dsn_hard_550.eml")[:300])
+    assert (report.kind, report.reason) == ("soft", "undefined")
 
 
 def test_garbage_keeps_the_envelope_token() -> None:

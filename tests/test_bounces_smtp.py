@@ -85,7 +85,7 @@ async def test_email_goes_out_with_a_verp_return_path(harness: Harness) -> None:
     assert email["X-Trigger-Email-Token"] == token
 
 
-async def test_hard_dsn_marks_the_address_and_the_resend_goes_to_the_next_one(
+async def test_hard_dsn_marks_the_address_and_the_same_email_goes_to_the_next_one(
     harness: Harness, mailbox: BounceMailbox
 ) -> None:
     result, _ = await sent_email(harness)
@@ -94,14 +94,34 @@ async def test_hard_dsn_marks_the_address_and_the_resend_goes_to_the_next_one(
 
     await mailbox.deliver(hard_dsn(token, "jane.doe@clinic.example"), envelope)
 
-    assert mailbox.results == ["hard bounce: jane.doe@clinic.example marked"]
-    message = (await harness.outcome(result["id"]))["messages"][0]
-    assert message["bounced"] is True and "5.1.1" in message["bounce_reason"]
-    await harness.later(days=3)
+    assert mailbox.results == ["hard bounce: jane.doe@clinic.example marked; the same email goes to jdoe@health.example"]
+    await harness.later(minutes=1)
     assert [e[1] for e in harness.smtp.envelopes] == [["jane.doe@clinic.example"], ["jdoe@health.example"]]
-    assert harness.smtp.messages[1]["Subject"].startswith("In case you missed it")
+    assert harness.smtp.messages[1]["Subject"] == harness.smtp.messages[0]["Subject"], "the same email, not a reminder"
+    messages = (await harness.outcome(result["id"]))["messages"]
+    assert [(m["kind"], m["status"], m["to"]) for m in messages if m["status"] != "cancelled"] == [
+        ("initial", "sent", "jdoe@health.example"), ("resend", "scheduled", None),
+    ]
+    await harness.later(days=3)
+    assert harness.smtp.envelopes[-1][1] == ["jdoe@health.example"]
+    assert harness.smtp.messages[-1]["Subject"].startswith("In case you missed it")
     other = await harness.send(JANE, "cardio-webinar")
     assert other["messages"][0]["to"] == "jdoe@health.example"
+
+
+async def test_a_hard_bounce_too_late_to_reroute_cancels_the_reminders(harness: Harness, mailbox: BounceMailbox) -> None:
+    """Nobody gets "In case you missed it" for an email they never received."""
+    result, _ = await sent_email(harness)
+    token, envelope = verp(harness, result["messages"][0]["id"])
+    await harness.later(days=2, hours=23)  # the resend is due at 3 days; reroute_within is 3 days
+    await harness.later(hours=2)
+    sent_before = len(harness.smtp.messages)
+
+    await mailbox.deliver(hard_dsn(token, "jane.doe@clinic.example"), envelope)
+    await harness.later(days=5)
+
+    assert sent_before == 2 and len(harness.smtp.messages) == 2
+    assert mailbox.results[-1].startswith("hard bounce: jane.doe@clinic.example marked; not rerouted")
 
 
 async def test_the_token_in_the_returned_headers_is_enough(harness: Harness, mailbox: BounceMailbox) -> None:
@@ -109,7 +129,7 @@ async def test_the_token_in_the_returned_headers_is_enough(harness: Harness, mai
     result, _ = await sent_email(harness)
     token, _ = verp(harness, result["messages"][0]["id"])
     await mailbox.deliver(hard_dsn(token, "jane.doe@clinic.example"), "postmaster@bounces.pharma.example")
-    assert (await harness.outcome(result["id"]))["messages"][0]["bounced"] is True
+    assert mailbox.results == ["hard bounce: jane.doe@clinic.example marked; the same email goes to jdoe@health.example"]
 
 
 async def test_a_single_address_hcp_whose_address_bounced_is_suppressed(harness: Harness, mailbox: BounceMailbox) -> None:
@@ -133,10 +153,10 @@ async def test_three_soft_bounces_in_seven_days_count_as_hard(harness: Harness, 
 
     await harness.later(hours=12)
     await mailbox.deliver(soft_dsn(token, "jane.doe@clinic.example"), envelope)
-    assert mailbox.results[-1] == "hard bounce: jane.doe@clinic.example marked"
+    assert mailbox.results[-1] == "hard bounce: jane.doe@clinic.example marked; the same email goes to jdoe@health.example"
     message = (await harness.outcome(result["id"]))["messages"][0]
-    assert message["bounced"] is True and "3 soft bounces" in message["bounce_reason"]
-    await harness.later(days=3)
+    assert "3 soft bounces" in message["bounce_reason"]
+    await harness.later(minutes=1)
     assert harness.smtp.envelopes[-1][1] == ["jdoe@health.example"]
 
 

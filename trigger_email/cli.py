@@ -455,12 +455,22 @@ def _run_worker_through_redis_outages(run: Any, pause: float = 2.0) -> None:
             time.sleep(pause)
 
 
-@app.command("bounces")
+bounces_app = typer.Typer(
+    help="Receive bounce reports over SMTP (no sub-command), or classify saved ones (`bounces classify`).",
+    invoke_without_command=True,
+)
+app.add_typer(bounces_app, name="bounces")
+
+
+@bounces_app.callback()
 def bounces(
+    ctx: typer.Context,
     host: str = typer.Option("0.0.0.0", "--host"),
     port: int = typer.Option(2525, "--port"),
 ) -> None:
     """Receive bounce reports (RFC 3464) and complaints (RFC 5965) over SMTP."""
+    if ctx.invoked_subcommand is not None:
+        return
     from core.bounce_listener import start_bounce_listener
 
     settings = _production_settings()
@@ -482,6 +492,28 @@ def bounces(
         run(go())
     except KeyboardInterrupt:
         pass
+
+
+@bounces_app.command("classify")
+def bounces_classify(
+    files: list[str] = typer.Argument(..., help="Raw messages (.eml); `-` reads one from standard input."),
+) -> None:
+    """Classify saved bounce messages with the listener's own parser: one JSON line per
+    message {"file", "kind", "reason", "status", "recipients", "diagnostic"}. Needs no
+    config or database. Exits 0 when every file was read."""
+    from core.bounces import classify_message
+
+    unreadable = 0
+    for name in files:
+        try:
+            raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as error:
+            err.print(f"{name}: cannot read: {error.strerror or error}", highlight=False, markup=False)
+            unreadable += 1
+            continue
+        print(json.dumps(classify_message(raw).as_json(name), ensure_ascii=False), flush=True)
+    if unreadable:
+        raise typer.Exit(1)
 
 
 @app.command("dev")

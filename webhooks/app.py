@@ -14,11 +14,12 @@ from webhooks import api, dev, health
 
 
 def all_routes(*, dev_routes: bool) -> list[BaseRoute]:
-    from webhooks import admin, events, hubspot, salesforce, tracking
+    from webhooks import admin, deliverability, events, hubspot, salesforce, tracking
 
     # Tracking first: pixel loads are the most frequent requests by far.
     routes: list[BaseRoute] = [
         *tracking.routes, *health.routes, *api.routes, *admin.routes, *hubspot.routes, *salesforce.routes, *events.routes,
+        *deliverability.routes,
     ]
     if dev_routes:
         routes += dev.routes

@@ -50,6 +50,9 @@ async def metrics(request: Request) -> Response:
       200: {description: text exposition format}
     """
     await STATE.refresh(runtime(request))
+    from webhooks.deliverability import DELIVERABILITY
+
+    await DELIVERABILITY.refresh(runtime(request))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
