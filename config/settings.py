@@ -36,3 +36,5 @@ class Settings(BaseSettings):
     trigger_max_attempts: int = 5
     """A decision that raises an unexpected error is retried with backoff this many times."""
     dev: bool = False
+    metrics_token: str = Field(default="", repr=False)
+    """Bearer token for `/metrics` (an API key works too); unset, `/metrics` is open under `dev` only."""

@@ -36,7 +36,7 @@ async def process_event(rt: Runtime, event_id: int) -> str | None:
         return None
     try:
         event = event_from_row(row["event"])
-        result = await _process(rt, event)
+        result = await _process(rt, event, event_id)
     except CrmUnavailable as exc:
         if exc.retry_after:
             # The CRM's rate limit is per app, not per call: pushes to it wait too.
@@ -62,7 +62,7 @@ async def process_event(rt: Runtime, event_id: int) -> str | None:
     return result
 
 
-async def _process(rt: Runtime, event: Any) -> str:
+async def _process(rt: Runtime, event: Any, event_id: int | None = None) -> str:
     rules = matching_rules(rt.config, event)
     if not rules:
         return "no matching rule"
@@ -78,6 +78,12 @@ async def _process(rt: Runtime, event: Any) -> str:
                 await add_address(connection, npi, contact.email, source=f"crm:{event.source}", now=rt.clock.now())
     accepted = []
     for index, rule in rules:
+        # What the decision trail shows as the source event: which stored event, which rule,
+        # and which fields of the payload the trigger's data came from.
+        ref = {
+            **ref, "event_id": event_id, "event_key": event.event_key, "event": event.event, "rule": index,
+            "fields": sorted({*contact.fields, *event.fields}),
+        }
         data = {**contact.fields, **event.fields, **rule.data, "event": event.event, "object_id": event.object_id}
         if event.form_id:
             data["form_id"] = event.form_id

@@ -80,6 +80,7 @@ def read_captured(directory: Path) -> list[dict[str, Any]]:
         text_part = parsed.get_body(("plain",))
         result.append(
             {
+                "id": path.stem,
                 "to": [address.strip() for address in str(parsed.get("X-Envelope-To", parsed.get("To", ""))).split(",") if address.strip()],
                 "from": str(parsed.get("From", "")),
                 "envelope_from": str(parsed.get("X-Envelope-From", "")),

@@ -271,6 +271,28 @@ rule_firings = Table(
 )
 
 
+# The admin console (revision 0009): the decision trail stored with each trigger, dashboard
+# users, and the indexes behind the trigger log (by NPI, by campaign, newest first) and the
+# campaign figures over time.
+triggers.append_column(Column("trail", JSON))
+Index("ix_triggers_npi_created_at", triggers.c.npi, triggers.c.created_at)
+Index("ix_triggers_campaign_id_created_at", triggers.c.campaign_id, triggers.c.created_at)
+Index("ix_triggers_created_at", triggers.c.created_at)
+Index("ix_messages_campaign_id_sent_at", messages.c.campaign_id, messages.c.sent_at)
+Index("ix_inbound_events_source_id", inbound_events.c.source, inbound_events.c.id)
+inbound_events.append_column(Column("duplicates", Integer, nullable=False, default=0, server_default="0"))
+inbound_events.append_column(Column("last_duplicate_at", UTCDateTime))
+
+dashboard_users = Table(
+    "dashboard_users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_login_at", UTCDateTime),
+)
+
 receiving_domains = Table(
     "receiving_domains",
     metadata,

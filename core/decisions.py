@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
 from core.campaigns import is_paused
+from core.clock import iso
 from core.db import hcp_emails, hcps, messages, new_id, triggers
 from core.directory import SOURCE_PRIORITY
 from core.errors import describe_error
@@ -100,8 +101,20 @@ _LOCK_HCP = (
     update(hcps).where(hcps.c.npi == bindparam("lock_npi")).values(send_seq=hcps.c.send_seq + 1).returning(*hcps.c)
 )
 _SET_OUTCOME = update(triggers).where(triggers.c.id == bindparam("trigger_id")).values(
-    status=bindparam("outcome"), reason=bindparam("why")
+    status=bindparam("outcome"), reason=bindparam("why"), trail=bindparam("trail", type_=triggers.c.trail.type)
 )
+
+CHECKS = ("npi_valid", "campaign", "paused", "hcp_known", "audience", "suppression", "cooldown", "frequency_cap", "address")
+"""The decision trail's checks, in the order they run."""
+
+
+def _step(trail: list[dict[str, Any]], check: str, ok: bool, detail: str, **facts: Any) -> None:
+    """One check of the decision trail: its name, passed or not, in words, and the facts
+    behind it (times as ISO strings)."""
+    entry: dict[str, Any] = {"check": check, "result": "pass" if ok else "fail", "detail": detail}
+    for key, value in facts.items():
+        entry[key] = iso(value) if isinstance(value, datetime) else value
+    trail.append(entry)
 
 
 async def address_book(connection: AsyncConnection, npi: str) -> list[dict[str, Any]]:
@@ -139,8 +152,11 @@ async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Dec
             if trigger is None:
                 return None
             lease_until = now + timedelta(seconds=rt.settings.claim_lease) if send_now else None
-            decision = await _decide(connection, rt.config, trigger, now, lease_until=lease_until)
-            await connection.execute(_SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason})
+            trail: list[dict[str, Any]] = []
+            decision = await _decide(connection, rt.config, trigger, now, lease_until=lease_until, trail=trail)
+            await connection.execute(
+                _SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason, "trail": trail}
+            )
     except Exception as exc:  # noqa: BLE001 - a poison trigger is retried a bounded number of times, then failed
         log.exception("trigger %s: the decision raised", trigger_id)
         return await decision_failed(rt, trigger_id, describe_error(exc))
@@ -186,55 +202,107 @@ async def decision_failed(rt: Runtime, trigger_id: str, error: str) -> Decision 
 
 
 async def _decide(
-    connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, lease_until: datetime | None = None
+    connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, lease_until: datetime | None = None,
+    trail: list[dict[str, Any]] | None = None,
 ) -> Decision:
+    """Run the checks in order; each one, passed or failed, is appended to `trail`."""
+    trail = [] if trail is None else trail
     npi = trigger["npi"]
     problem = npi_problem(npi)
     if problem:
+        _step(trail, "npi_valid", False, problem, npi=npi)
         return Decision("invalid_npi", problem)
+    _step(trail, "npi_valid", True, f"NPI {npi} is well formed and its check digit is right")
     campaign = config.campaign(trigger["campaign_id"])
     if campaign is None:
+        _step(trail, "campaign", False, f"no campaign {trigger['campaign_id']!r} in the config")
         return Decision("unknown_campaign", f"no campaign {trigger['campaign_id']!r} in the config")
+    _step(trail, "campaign", True, f"campaign {campaign.id} ({campaign.kind}) is in the config")
     if await is_paused(connection, campaign):
+        _step(trail, "paused", False, f"campaign {campaign.id} is paused")
         return Decision("campaign_paused", f"campaign {campaign.id} is paused")
+    _step(trail, "paused", True, f"campaign {campaign.id} is live")
     # The HCP row lock: from here on, decisions for this NPI are serialised.
     hcp = (await connection.execute(_LOCK_HCP, {"lock_npi": npi})).mappings().first()
     if hcp is None:
+        _step(trail, "hcp_known", False, f"NPI {npi} is not in the HCP directory")
         return Decision("unknown_hcp", f"NPI {npi} is not in the HCP directory")
     hcp = dict(hcp)
+    _step(
+        trail, "hcp_known", True,
+        f"{hcp['first_name']} {hcp['last_name']} {hcp['credential']}".strip() + f", {hcp['specialty'] or 'no specialty'}, {hcp['state'] or 'no state'}",
+    )
     problem = audience_problem(campaign, hcp)
     if problem:
+        _step(trail, "audience", False, problem)
         return Decision("not_in_audience", problem)
+    audience = campaign.audience.model_dump(exclude_none=True)
+    _step(trail, "audience", True, "in the audience" + (f" ({_in_words(audience)})" if audience else " (the campaign has no audience limits)"))
     reason, blocked = await suppression_check(connection, npi, campaign)
     if reason:
+        _step(trail, "suppression", False, reason)
         return Decision("suppressed", reason)
     book = await address_book(connection, npi)
     bounced = sum(1 for entry in book if entry["status"] == "hard_bounced")
     if book and bounced and not any(entry["status"] == "ok" for entry in book):
+        _step(trail, "suppression", False, f"all {bounced} address(es) of NPI {npi} hard-bounced")
         return Decision("suppressed", f"all {bounced} address(es) of NPI {npi} hard-bounced")
+    _step(
+        trail, "suppression", True,
+        "not suppressed" + (f"; {len(blocked)} address(es) on the suppression list are skipped" if blocked else ""),
+    )
     cap = config.limits.per_hcp
     since = now - cap.per if cap is not None else now
     last, recent = await contact_history(connection, config, npi, campaign.id, since)
     if last is not None and last + campaign.cooldown > now:
         until = last + campaign.cooldown
-        return Decision(
-            "cooldown",
+        why = (
             f"{campaign.id} reached NPI {npi} on {last:%Y-%m-%d %H:%M} UTC; cooldown "
-            f"{format_duration(campaign.cooldown)} runs until {until:%Y-%m-%d %H:%M} UTC",
+            f"{format_duration(campaign.cooldown)} runs until {until:%Y-%m-%d %H:%M} UTC"
         )
+        _step(trail, "cooldown", False, why, last_contact=last, until=until, cooldown=format_duration(campaign.cooldown))
+        return Decision("cooldown", why)
+    _step(
+        trail, "cooldown", True,
+        (f"last contact {last:%Y-%m-%d %H:%M} UTC; the {format_duration(campaign.cooldown)} cooldown ended "
+         f"{last + campaign.cooldown:%Y-%m-%d %H:%M} UTC") if last else f"no earlier email of {campaign.id} to this HCP",
+        last_contact=last, until=(last + campaign.cooldown) if last else None, cooldown=format_duration(campaign.cooldown),
+    )
     if cap is not None and campaign.kind == "marketing" and recent >= cap.max:
-        return Decision(
-            "frequency_cap", f"NPI {npi} already got {recent} emails in the last {format_duration(cap.per)} (cap {cap.max})"
+        why = f"NPI {npi} already got {recent} emails in the last {format_duration(cap.per)} (cap {cap.max})"
+        _step(trail, "frequency_cap", False, why, count=recent, max=cap.max, per=format_duration(cap.per))
+        return Decision("frequency_cap", why)
+    if cap is None:
+        _step(trail, "frequency_cap", True, "no frequency cap configured", count=recent)
+    elif campaign.kind != "marketing":
+        _step(trail, "frequency_cap", True, f"{campaign.kind} emails are not capped", count=recent)
+    else:
+        _step(
+            trail, "frequency_cap", True, f"{recent} of {cap.max} emails in the last {format_duration(cap.per)}",
+            count=recent, max=cap.max, per=format_duration(cap.per),
         )
     usable = {entry["address"] for entry in book if entry["status"] == "ok"}
     if usable and usable <= blocked:
+        _step(trail, "address", False, f"every address of NPI {npi} is on the suppression list")
         return Decision("suppressed", f"every address of NPI {npi} is on the suppression list")
     address = first_deliverable(book, blocked)
     if address is None:
+        _step(trail, "address", False, f"NPI {npi} has no deliverable address", candidates=_candidates(book, blocked))
         return Decision("no_deliverable_email", f"NPI {npi} has no deliverable address")
+    chosen = next(entry for entry in book if entry["address"] == address)
+    passed_over = [f"{entry['address']} ({'suppressed' if entry['address'] in blocked else entry['status']})"
+                   for entry in book[: book.index(chosen)]]
+    _step(
+        trail, "address", True,
+        f"{address}: the best deliverable address ({chosen['source']}, rank {chosen['rank']})"
+        + (f"; passed over {', '.join(passed_over)}" if passed_over else "")
+        + (f"; {len(book) - 1} other address(es) on file" if len(book) > 1 and not passed_over else ""),
+        address=address, candidates=_candidates(book, blocked),
+    )
     try:
         rendered = render_campaign(campaign, hcp, trigger["data"] or {})
     except TemplateError as exc:
+        trail.append({"check": "render", "result": "fail", "detail": f"template error: {exc}"})
         return Decision("failed", f"template error: {exc}")
     row: dict[str, Any] = {
         "id": new_id("msg"), "trigger_id": trigger["id"], "npi": npi, "campaign_id": campaign.id, "kind": "initial",
@@ -243,3 +311,15 @@ async def _decide(
     }
     await connection.execute(messages.insert(), row)
     return Decision("queued", f"queued to {address}", row["id"])
+
+
+def _in_words(audience: dict[str, Any]) -> str:
+    return "; ".join(f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}" for key, value in audience.items())
+
+
+def _candidates(book: list[dict[str, Any]], blocked: set[str]) -> list[dict[str, Any]]:
+    return [
+        {"address": entry["address"], "source": entry["source"], "rank": entry["rank"],
+         "status": "suppressed" if entry["address"] in blocked and entry["status"] == "ok" else entry["status"]}
+        for entry in book
+    ]

@@ -35,8 +35,23 @@ def event_from_row(data: dict[str, Any]) -> InboundEvent:
 
 async def store_events(rt: Runtime, events: list[InboundEvent]) -> tuple[int, int]:
     """Store `events` in one transaction and enqueue the new ones; returns (new, duplicates)."""
+    stored = await store_events_with_ids(rt, events)
+    return stored.new, stored.duplicates
+
+
+@dataclasses.dataclass
+class Stored:
+    new: int
+    duplicates: int
+    ids: list[int]
+    """The stored event of each incoming event, in order (a duplicate names the first copy)."""
+
+
+async def store_events_with_ids(rt: Runtime, events: list[InboundEvent]) -> Stored:
+    """`store_events`, also telling which stored row each event is; a duplicate is counted on
+    the row it repeats, so the console can show that the CRM sent it again."""
     if not events:
-        return 0, 0
+        return Stored(0, 0, [])
     now = rt.clock.now()
     rows = [
         {"source": event.source, "event_key": event.event_key, "event": _jsonable(event), "status": "pending", "received_at": now}
@@ -48,12 +63,32 @@ async def store_events(rt: Runtime, events: list[InboundEvent]) -> tuple[int, in
             rows,
         )
         new_ids = [row[0] for row in result.all()] if result.returns_rows else []
+        ids = list(new_ids)
+        if len(new_ids) < len(events):
+            keys = {(event.source, event.event_key) for event in events}
+            found = {
+                (source, key): event_id
+                for event_id, source, key in await connection.execute(
+                    select(inbound_events.c.id, inbound_events.c.source, inbound_events.c.event_key).where(
+                        inbound_events.c.source.in_({source for source, _ in keys}),
+                        inbound_events.c.event_key.in_({key for _, key in keys}),
+                    )
+                )
+            }
+            ids = [found.get((event.source, event.event_key), 0) for event in events]
+            repeated = sorted(set(ids) - set(new_ids) - {0})
+            if repeated:
+                await connection.execute(
+                    update(inbound_events)
+                    .where(inbound_events.c.id.in_(repeated))
+                    .values(duplicates=inbound_events.c.duplicates + 1, last_duplicate_at=now)
+                )
     if len(new_ids) == 1:
         await rt.queue.enqueue(PROCESS_INBOUND, new_ids[0], job_id=f"inbound:{new_ids[0]}")
     elif new_ids:
         # One job fans the batch out, so a 100-event webhook costs one enqueue, not 100.
         await rt.queue.enqueue(PROCESS_INBOUND_BATCH, new_ids, job_id=f"inbound-batch:{new_ids[0]}")
-    return len(new_ids), len(events) - len(new_ids)
+    return Stored(len(new_ids), len(events) - len(new_ids), ids)
 
 
 async def fan_out(rt: Runtime, event_ids: list[int]) -> int:

@@ -123,11 +123,21 @@ async def push_outbox(rt: Runtime, sinks: Mapping[str, ActivitySink], *, max_bat
     """Push due activities; returns counts of pushed / retried / dead rows."""
     counts = {"pushed": 0, "retried": 0, "dead": 0}
     for crm, sink in sinks.items():
+        before = dict(counts)
         try:
             await _push_crm(rt, crm, sink, counts, max_batches)
         except Exception:  # noqa: BLE001 - one CRM's trouble must not stop the others
             log.exception("pushing activities to %s failed", crm)
+        _log_pushes(crm, {key: counts[key] - before[key] for key in counts})
     return counts
+
+
+def _log_pushes(crm: str, done: dict[str, int]) -> None:
+    if done["pushed"]:
+        log.info("%s: %d activit%s pushed", crm, done["pushed"], "y" if done["pushed"] == 1 else "ies")
+    if done["dead"]:
+        log.warning("%s: %d activit%s dead-lettered (retry from the dashboard's CRM outbox)", crm, done["dead"],
+                    "y" if done["dead"] == 1 else "ies")
 
 
 async def _push_crm(rt: Runtime, crm: str, sink: ActivitySink, counts: dict[str, int], max_batches: int) -> None:

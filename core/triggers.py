@@ -154,6 +154,8 @@ async def accept_trigger(
 
 
 async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
+    from core.console import full_trail
+
     async with rt.db.connect() as connection:
         row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
         if row is None:
@@ -177,6 +179,7 @@ async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
         "attempts": row["attempts"],
         "due_at": iso(row["due_at"]) if row["status"] == "pending" else None,
         "messages": [message_view(message) for message in message_rows],
+        "trail": full_trail(row),
     }
 
 

@@ -127,10 +127,10 @@ async def test_health_and_metrics(harness: Harness) -> None:
     health = await harness.client.get("/health")
     assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
     # The counters are process-wide (other tests ran before): compare values before and after.
-    before = metric_values((await harness.client.get("/metrics")).text)
+    before = metric_values((await harness.client.get("/metrics", headers=harness.auth)).text)
     await harness.send()
     await harness.send(OMAR, "asthma-launch")  # not in the audience
-    after = metric_values((await harness.client.get("/metrics")).text)
+    after = metric_values((await harness.client.get("/metrics", headers=harness.auth)).text)
     queued, refused = 'trigger_email_triggers_total{outcome="queued"}', 'trigger_email_triggers_total{outcome="not_in_audience"}'
     assert after[queued] - before.get(queued, 0.0) == 1.0
     assert after[refused] - before.get(refused, 0.0) == 1.0

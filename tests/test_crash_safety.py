@@ -154,7 +154,7 @@ async def test_a_transaction_cut_inside_data_is_unknown_counted_and_never_resent
     assert view["status"] == "unknown" and message["status"] == "unknown"
     assert f"trigger-email messages resolve {message['id']} sent|resend" in view["reason"]
     assert "jane.doe@clinic.example" in view["reason"]
-    metrics = (await harness.client.get("/metrics")).text
+    metrics = (await harness.client.get("/metrics", headers=harness.auth)).text
     assert 'trigger_email_message_states{status="unknown"} 1.0' in metrics
     assert 'trigger_email_messages_total{result="unknown"}' in metrics
     await harness.later(minutes=10)

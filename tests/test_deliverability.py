@@ -69,7 +69,7 @@ async def test_repeated_blocks_pause_the_domain_with_an_alert(
     view = (await harness.client.get("/v1/deliverability", headers=harness.auth)).json()
     [heart] = [row for row in view["domains"] if row["domain"] == "heart.example"]
     assert heart["state"] == "paused" and heart["reason"].startswith("5 blocks in 1h")
-    metrics = (await harness.client.get("/metrics")).text
+    metrics = (await harness.client.get("/metrics", headers=harness.auth)).text
     assert 'trigger_email_domain_state{domain="heart.example",state="paused"} 1.0' in metrics
     assert 'trigger_email_domain_emails{domain="heart.example",figure="block"} 5.0' in metrics
 

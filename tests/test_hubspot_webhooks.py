@@ -243,7 +243,7 @@ async def test_workflow_crm_object(harness: Harness, fake: FakeHubSpot) -> None:
 @pytest.mark.parametrize("version", ["v1", "v2", "v3"])
 async def test_each_signature_version_is_accepted(harness: Harness, version: str) -> None:
     response = await deliver(harness, fixture("contact_property_change.json"), version=version)
-    assert (response.status_code, response.json()) == (200, {"received": 1, "duplicates": 0})
+    assert (response.status_code, response.json()) == (200, {"received": 1, "duplicates": 0, "event_ids": [1]})
 
 
 async def test_signature_is_over_the_public_url_not_the_host_behind_the_proxy(harness: Harness) -> None:
@@ -305,7 +305,9 @@ async def test_redelivered_batch_is_acknowledged_and_sends_nothing_again(harness
     assert len(harness.smtp.messages) == 3
     retry = [{**event, "attemptNumber": 1} for event in events]  # HubSpot's retry: same eventIds, next attempt
     response = await deliver(harness, retry)
-    assert (response.status_code, response.json()) == (200, {"received": 0, "duplicates": 4})
+    answer = response.json()
+    assert (response.status_code, answer["received"], answer["duplicates"]) == (200, 0, 4)
+    assert answer["event_ids"] == [1, 2, 3, 4]  # the events stored the first time
     await drain(harness.rt)
     assert len(harness.smtp.messages) == 3 and await fire(harness, retry) == first
 
@@ -316,9 +318,9 @@ async def test_same_event_id_on_two_subscriptions_is_processed_twice_and_each_re
     [one_sub] = interest_changed("1246965", event_id=7000)
     other_sub = {**one_sub, "subscriptionId": 2141599, "objectId": 1246999}
     response = await deliver(harness, [one_sub, other_sub])
-    assert response.json() == {"received": 2, "duplicates": 0}
+    assert response.json() == {"received": 2, "duplicates": 0, "event_ids": [1, 2]}
     again = await deliver(harness, [{**one_sub, "attemptNumber": 1}, {**other_sub, "attemptNumber": 2}])
-    assert again.json() == {"received": 0, "duplicates": 2}
+    assert again.json() == {"received": 0, "duplicates": 2, "event_ids": [1, 2]}
     await drain(harness.rt)
     assert sorted(e["event_key"] for e in await stored_events(harness)) == [f"{PORTAL}:2141542:7000", f"{PORTAL}:2141599:7000"]
 
@@ -327,7 +329,7 @@ async def test_redelivered_workflow_body_is_recognised_by_its_hash(harness: Harn
     body = fixture("workflow_custom.json")
     await fire(harness, body)
     response = await deliver(harness, body)
-    assert (response.status_code, response.json()) == (200, {"received": 0, "duplicates": 1})
+    assert (response.status_code, response.json()) == (200, {"received": 0, "duplicates": 1, "event_ids": [1]})
     await drain(harness.rt)
     assert len(harness.smtp.messages) == 1
 

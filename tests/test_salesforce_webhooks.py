@@ -202,7 +202,7 @@ async def test_outbound_custom_object(harness: Harness) -> None:
 
 async def test_flow_record_change_with_bearer(harness: Harness) -> None:
     delivery = await deliver(harness, "flow_record_change.json")
-    assert (delivery.status, delivery.body) == (200, '{"received":1,"duplicates":0}')
+    assert (delivery.status, delivery.body) == (200, '{"received":1,"duplicates":0,"event_ids":[1]}')
     assert delivery.outcomes == {"flow-0035g00000NOtUbAAL-20260105085930": ["sent to jane.doe@clinic.example"]}
 
 
@@ -222,7 +222,7 @@ async def test_platform_event_batch(harness: Harness, fake: FakeSalesforce) -> N
     fake.add_record("Contact", CONTACT, NPI__c=JANE)
     fake.add_record("Lead", LEAD, NPI__c=OMAR)
     delivery = await deliver(harness, "platform_event_batch.json")
-    assert delivery.body == '{"received":2,"duplicates":0}' and delivery.outcomes == {
+    assert delivery.body == '{"received":2,"duplicates":0,"event_ids":[1,2]}' and delivery.outcomes == {
         "e-17-0001": ["sent to jane.doe@clinic.example"], "e-17-0002": ["sent to omar.haddad@heart.example"],
     }
 
@@ -364,7 +364,7 @@ async def test_redelivered_notification_is_acknowledged_and_not_sent_again(harne
 async def test_redelivered_event_is_counted_as_duplicate(harness: Harness) -> None:
     await deliver(harness, "flow_record_change.json")
     again = await deliver(harness, "flow_record_change.json")
-    assert again.body == '{"received":0,"duplicates":1}' and len(harness.smtp.messages) == 1
+    assert again.body == '{"received":0,"duplicates":1,"event_ids":[1]}' and len(harness.smtp.messages) == 1
 
 
 async def test_acknowledged_notification_whose_job_was_lost_is_still_processed(harness: Harness) -> None:
@@ -511,7 +511,7 @@ async def test_daily_api_budget_is_in_metrics(harness: Harness, fake: FakeSalesf
     fake.add_record("Lead", LEAD, NPI__c=JANE)
     await deliver(harness, "outbound_lead.xml")  # one sObject GET
     await push(harness)  # one sObject Collections call
-    metrics = (await harness.client.get("/metrics")).text
+    metrics = (await harness.client.get("/metrics", headers=harness.auth)).text
     assert 'trigger_email_crm_api_usage{crm="salesforce",kind="used"} 2.0' in metrics
     assert 'trigger_email_crm_api_usage{crm="salesforce",kind="limit"} 15000.0' in metrics
 

@@ -110,7 +110,7 @@ EXPECTED_OPERATIONS = {
     "POST /v1/campaigns/{campaign_id}/pause", "POST /v1/campaigns/{campaign_id}/resume", "GET /v1/suppressions",
     "POST /v1/suppressions", "DELETE /v1/suppressions", "GET /v1/outbox", "POST /v1/outbox/retry", "GET /t/o/{token}",
     "GET /t/c/{token}", "GET /u/{token}", "POST /u/{token}", "GET /health", "GET /metrics", "POST /webhooks/hubspot",
-    "POST /webhooks/salesforce/outbound", "POST /webhooks/salesforce/events",
+    "POST /webhooks/salesforce/outbound", "POST /webhooks/salesforce/events", "GET /v1/events", "GET /v1/events/{event_id}",
 }
 
 

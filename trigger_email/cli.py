@@ -35,6 +35,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(suppress_app, name="suppress")
 messages_app = typer.Typer(help="Messages: settle the ones whose delivery is unknown.", no_args_is_help=True)
 app.add_typer(messages_app, name="messages")
+user_app = typer.Typer(help="Dashboard users (email and password).", no_args_is_help=True)
+app.add_typer(user_app, name="user")
 
 out = Console()
 err = Console(stderr=True)
@@ -403,6 +405,84 @@ def messages_resolve(
         raise typer.Exit(1) from None
     done = "recorded as sent" if verdict == "sent" else "queued to be sent again"
     print(f"message {message_id} {done} (trigger {result['trigger_id']})")
+
+
+@user_app.command("create")
+def user_create(
+    email: str = typer.Argument(..., metavar="EMAIL", help="The address the user logs in with."),
+    generate: bool = typer.Option(False, "--generate", help="Generate a password and print it instead of asking for one."),
+    reset: bool = typer.Option(False, "--reset", help="Set a new password for an existing user."),
+) -> None:
+    """Create a dashboard user; the password is asked for (or generated and printed) and stored with scrypt."""
+    from core.clock import Clock
+    from core.db import Database
+    from core.users import MIN_PASSWORD, UserError, create_user, generate_password, normalise_email
+
+    try:
+        email = normalise_email(email)
+    except UserError as error:
+        err.print(str(error), highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    if generate:
+        password = generate_password()
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        if len(password) < MIN_PASSWORD:
+            err.print(f"password: at least {MIN_PASSWORD} characters", highlight=False)
+            raise typer.Exit(2)
+
+    async def go() -> dict[str, Any]:
+        db = Database(_settings().database_url)
+        try:
+            return await create_user(db, email, password, Clock().now(), replace=reset)
+        finally:
+            await db.dispose()
+
+    try:
+        run(go())
+    except UserError as error:
+        err.print(str(error), highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    print(f"Dashboard login: {email} / {password}" if generate else f"user {email} {'updated' if reset else 'created'}")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """Show the dashboard users."""
+    from core.db import Database
+    from core.users import list_users
+
+    async def go() -> list[dict[str, Any]]:
+        db = Database(_settings().database_url)
+        try:
+            return await list_users(db)
+        finally:
+            await db.dispose()
+
+    table = Table("email", "created", "last login")
+    for row in run(go()):
+        last = f"{row['last_login_at']:%Y-%m-%d %H:%M}" if row["last_login_at"] else "never"
+        table.add_row(row["email"], f"{row['created_at']:%Y-%m-%d %H:%M}", last)
+    out.print(table)
+
+
+@user_app.command("delete")
+def user_delete(email: str = typer.Argument(..., metavar="EMAIL")) -> None:
+    """Delete a dashboard user; their sessions stop working at the next request."""
+    from core.db import Database
+    from core.users import delete_user
+
+    async def go() -> bool:
+        db = Database(_settings().database_url)
+        try:
+            return await delete_user(db, email)
+        finally:
+            await db.dispose()
+
+    if not run(go()):
+        err.print(f"no user {email}", highlight=False)
+        raise typer.Exit(1)
+    print(f"user {email} deleted")
 
 
 @app.command("serve")

@@ -54,7 +54,7 @@ async def _directory_empty(db: Database) -> bool:
 
 
 async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, directory: Path | None, host: str) -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dev_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "text"))
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # Bind first (port 0: the kernel picks a free one) so the URLs we print name the real port.
@@ -94,6 +94,7 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
         log.info("directory: %s HCPs, %s addresses from %s (%s rows skipped)", report.hcps, report.emails, source, len(report.skipped))
     api_key = _keep(data_dir / "dev-api-key", lambda: "te_dev_" + secrets.token_urlsafe(24))
     await store_key(rt.db, "dev", api_key, rt.clock.now())
+    login_email, login_password = await _dashboard_user(rt, data_dir)
     bounce_server = await start_bounce_listener(rt, "127.0.0.1", 0)  # port 0: the kernel picks a free one
     bounce_port = int(bounce_server.sockets[0].getsockname()[1])
 
@@ -104,7 +105,9 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
     campaign = config.campaigns[0].id if config.campaigns else "CAMPAIGN"
     body = json.dumps({"npi": DEMO_NPI, "campaign_id": campaign, "data": {"content": "Asthma phase III results"}})
     print(f"API key: {api_key}", flush=True)
-    print(f"trigger-email dev is running at {base}  (health: {base}/health, captured mail: {base}/dev/outbox)", flush=True)
+    print(f"Dashboard login: {login_email} / {login_password}", flush=True)
+    print(f"Dashboard: {base}/dashboard", flush=True)
+    print(f"trigger-email dev is running at {base}  (health: {base}/health, captured mail: {base}/dashboard/mail)", flush=True)
     print(f"SMTP: {smtp_url}   bounces: smtp://127.0.0.1:{bounce_port}   data: {data_dir}", flush=True)
     print("Trigger a demo email:", flush=True)
     print(
@@ -116,15 +119,17 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
     if hubspot and hubspot.client_secret:
         import hashlib
 
-        hs_body = json.dumps({"objectId": 101, "npi": DEMO_NPI, "form_id": _first_form(config), "email": "jane.doe@clinic.example"})
+        other = await _another_hcp(rt, _first_form_campaign(config))
+        hs_body = json.dumps({"objectId": 102, "npi": other[0], "form_id": _first_form(config), "email": other[1]})
         signature = hashlib.sha256((hubspot.client_secret + hs_body).encode()).hexdigest()
-        print("Fire a signed HubSpot-style workflow webhook:", flush=True)
+        print(f"Fire a signed HubSpot-style workflow webhook (a form submission by NPI {other[0]}):", flush=True)
         print(
             f"curl -s -X POST {base}/webhooks/hubspot -H 'Content-Type: application/json' "
             f"-H 'X-HubSpot-Signature-Version: v1' -H 'X-HubSpot-Signature: {signature}' -d '{hs_body}'",
             flush=True,
         )
     worker_task = asyncio.create_task(worker.main())
+    stop_on_signals(server)
     try:
         await server.serve(sockets=[listener])
     finally:
@@ -150,3 +155,91 @@ def _first_form(config: Any) -> str:
         if rule.from_ == "hubspot" and rule.on == "form_submission" and "form_id" in rule.where:
             return str(rule.where["form_id"])
     return "form"
+
+
+def _first_form_campaign(config: Any) -> str | None:
+    for rule in config.triggers:
+        if rule.from_ == "hubspot" and rule.on == "form_submission":
+            return str(rule.send)
+    return None
+
+
+async def _another_hcp(rt: Any, campaign_id: str | None) -> tuple[str, str]:
+    """An HCP other than the API demo's, inside the audience of the campaign the HubSpot form
+    rule sends, so the two demo commands each end in a sent email."""
+    from sqlalchemy import select
+
+    from core.db import hcp_emails
+
+    campaign = rt.config.campaign(campaign_id) if campaign_id else None
+    query = (
+        select(hcps.c.npi, hcp_emails.c.address)
+        .join(hcp_emails, hcp_emails.c.npi == hcps.c.npi)
+        .where(hcps.c.npi != DEMO_NPI, hcp_emails.c.status == "ok")
+        .order_by(hcps.c.npi)
+        .limit(1)
+    )
+    if campaign is not None and campaign.audience.specialties:
+        query = query.where(hcps.c.specialty.in_(campaign.audience.specialties))
+    if campaign is not None and campaign.audience.states:
+        query = query.where(hcps.c.state.in_(campaign.audience.states))
+    async with rt.db.connect() as connection:
+        row = (await connection.execute(query)).first()
+    return (row[0], row[1]) if row else (DEMO_NPI, "jane.doe@clinic.example")
+
+
+async def _dashboard_user(rt: Any, data_dir: Path) -> tuple[str, str]:
+    """The dev dashboard login, kept in the data dir like the API key."""
+    from core.users import create_user, generate_password
+
+    email = "admin@example.com"
+    password = _keep(data_dir / "dashboard-password", generate_password)
+    await create_user(rt.db, email, password, rt.clock.now(), replace=True)
+    return email, password
+
+
+class _Quieter(logging.Filter):
+    """Routine chatter (arq's per-job and cron lines, aiosmtpd's per-connection lines) is
+    demoted to DEBUG, so the console shows one line per thing a person cares about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def dev_logging(level: str, log_format: str = "text") -> None:
+    from trigger_email.cli import JsonFormatter
+
+    handler = logging.StreamHandler()
+    handler.setLevel(level.upper())
+    handler.setFormatter(
+        JsonFormatter() if log_format.lower() == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for name in ("arq.worker", "arq.jobs", "arq.connections", "mail.log", "alembic.runtime.migration"):
+        logging.getLogger(name).addFilter(_Quieter())
+
+
+def stop_on_signals(server: uvicorn.Server) -> None:
+    """SIGTERM stops `dev` as Ctrl-C does: the server returns from `serve()` and the cleanup
+    (worker, SMTP capture, the embedded redis-server) runs. uvicorn's own handling would
+    re-raise SIGTERM after serving and kill the process before the cleanup."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if server.should_exit:
+            server.force_exit = True  # a second Ctrl-C: do not wait for open connections
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    server.capture_signals = _no_capture  # type: ignore[method-assign]
+
+
+def _no_capture() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()

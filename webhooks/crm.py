@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from connectors.base import Connector, InboundRequest, WebhookRejected
-from core.inbound import store_events
+from core.inbound import store_events_with_ids
 from core.metrics import WEBHOOKS
 from webhooks.common import HTTPProblem, parse_json, read_body, runtime
 
@@ -61,7 +61,13 @@ async def receive(request: Request, name: str) -> tuple[Response | None, int, in
     except HTTPProblem as exc:
         log.info("%s webhook rejected: %s %s", name, exc.status, exc.reason)
         return _rejection(name, WebhookRejected(exc.status, exc.reason)), 0, 0
-    new, duplicates = await store_events(runtime(request), events)
+    stored = await store_events_with_ids(runtime(request), events)
+    new, duplicates = stored.new, stored.duplicates
+    request.state.event_ids = stored.ids
+    if new:
+        log.info("%s webhook stored %d event(s) %s", name, new, ", ".join(f"#{i}" for i in stored.ids[:10]))
+    if duplicates:
+        log.info("%s webhook: %d duplicate(s) acknowledged and ignored", name, duplicates)
     WEBHOOKS.labels(name, "stored").inc(new)
     WEBHOOKS.labels(name, "duplicate").inc(duplicates)
     return None, new, duplicates

@@ -45,15 +45,41 @@ async def health(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """
-    summary: Prometheus metrics
+    summary: "Prometheus metrics. Authorization: Bearer <METRICS_TOKEN or an API key>; open under dev when METRICS_TOKEN is unset"
     responses:
       200: {description: text exposition format}
+      401: {description: Missing or wrong token}
     """
-    await STATE.refresh(runtime(request))
+    rt = runtime(request)
+    refusal = await _metrics_refusal(request, rt)
+    if refusal is not None:
+        return refusal
+    await STATE.refresh(rt)
     from webhooks.deliverability import DELIVERABILITY
 
-    await DELIVERABILITY.refresh(runtime(request))
+    await DELIVERABILITY.refresh(rt)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _metrics_refusal(request: Request, rt: object) -> Response | None:
+    import hmac
+
+    from core.apikeys import check_key
+
+    token = rt.settings.metrics_token  # type: ignore[attr-defined]
+    if rt.settings.dev and not token:  # type: ignore[attr-defined]
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = given.strip()
+    if scheme.lower() == "bearer" and given:
+        if token and hmac.compare_digest(given.encode(), token.encode()):
+            return None
+        if await check_key(rt.db, given) is not None:  # type: ignore[attr-defined]
+            return None
+    return JSONResponse(
+        {"error": "send 'Authorization: Bearer <METRICS_TOKEN or an API key>'", "field": "Authorization"}, status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def openapi(request: Request) -> Response:
@@ -74,18 +100,56 @@ class StateCollector:
         self.values: dict[str, list[tuple[tuple[str, ...], float]]] = {}
 
     async def refresh(self, rt: object) -> None:
-        from sqlalchemy import func, select
+        from sqlalchemy import case, func, select
 
         from core.db import messages, outbox
 
+        from core.db import engagement_events
+
         db = rt.db  # type: ignore[attr-defined]
+        now = rt.clock.now()  # type: ignore[attr-defined]
         async with db.connect() as connection:
             message_rows = (await connection.execute(select(messages.c.status, func.count()).group_by(messages.c.status))).all()
             outbox_rows = (await connection.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status))).all()
+            # What the dashboard shows, per campaign: one aggregate over the messages.
+            campaign_rows = (await connection.execute(
+                select(
+                    messages.c.campaign_id, func.count(messages.c.sent_at), func.count(messages.c.opened_at),
+                    func.count(case((messages.c.machine_opens > 0, 1))), func.count(messages.c.clicked_at),
+                    func.count(messages.c.bounced_at), func.count(messages.c.unsubscribed_at),
+                ).group_by(messages.c.campaign_id)
+            )).all()
+            report_rows = (await connection.execute(
+                select(engagement_events.c.kind, func.count())
+                .where(engagement_events.c.kind.in_(("hard_bounce", "soft_bounce", "complaint", "block", "auto_reply")))
+                .group_by(engagement_events.c.kind)
+            )).all()
+            depth_rows = (await connection.execute(
+                select(outbox.c.crm, outbox.c.status, func.count(), func.min(outbox.c.created_at)).group_by(outbox.c.crm, outbox.c.status)
+            )).all()
         self.values = {
             "messages": [((status,), float(count)) for status, count in message_rows],
             "outbox": [((status,), float(count)) for status, count in outbox_rows],
         }
+        figures = ("sent", "opened_human", "opened_machine", "clicked", "hard_bounced", "unsubscribed")
+        self.values["campaign"] = [
+            ((campaign_id, figure), float(value))
+            for campaign_id, *values in campaign_rows for figure, value in zip(figures, values)
+        ]
+        self.values["bounces"] = [((kind.removesuffix("_bounce"),), float(count)) for kind, count in report_rows]
+        self.values["outbox_crm"] = [((crm, status), float(count)) for crm, status, count, _oldest in depth_rows]
+        self.values["outbox_age"] = [
+            ((crm,), max(0.0, (now - oldest).total_seconds()))
+            for crm, status, _count, oldest in depth_rows if status == "pending" and oldest is not None
+        ]
+        depth = 0.0
+        redis = rt.queue.redis  # type: ignore[attr-defined]
+        if redis is not None:
+            try:
+                depth = float(await redis.zcard("arq:queue"))
+            except Exception:  # noqa: BLE001 - Redis down shows in /health; the figures still answer
+                depth = float("nan")
+        self.values["queue"] = [((), depth)]
         usage = []
         for name, connector in rt.extras.get("connectors", {}).items():  # type: ignore[attr-defined]
             figures = getattr(connector, "api_usage", None)
@@ -99,8 +163,18 @@ class StateCollector:
             ("messages", "Messages by status", ["status"]),
             ("outbox", "CRM activity outbox rows by status", ["status"]),
             ("api_usage", "CRM API budget as last reported by the CRM", ["crm", "kind"]),
+            ("campaign", "Emails per campaign: sent, opened by people / by machines, clicked, hard-bounced, unsubscribed",
+             ["campaign", "figure"]),
+            ("bounces", "Bounce and complaint reports by kind", ["kind"]),
+            ("outbox_crm", "CRM activity outbox rows by CRM and status", ["crm", "status"]),
+            ("outbox_age", "Age in seconds of the oldest pending outbox row, by CRM", ["crm"]),
+            ("queue", "Jobs waiting in the arq queue", []),
         ):
-            name = {"messages": "message_states", "outbox": "outbox_rows", "api_usage": "crm_api_usage"}[key]
+            name = {
+                "messages": "message_states", "outbox": "outbox_rows", "api_usage": "crm_api_usage",
+                "campaign": "campaign_emails", "bounces": "bounce_reports", "outbox_crm": "outbox_depth",
+                "outbox_age": "outbox_oldest_pending_seconds", "queue": "queue_depth",
+            }[key]
             family = GaugeMetricFamily(f"trigger_email_{name}", help_text, labels=labels)
             for label_values, value in self.values.get(key, []):
                 family.add_metric(list(label_values), value)

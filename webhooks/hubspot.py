@@ -14,13 +14,15 @@ async def hubspot(request: Request) -> Response:
     summary: HubSpot webhooks (Webhooks API batches and workflow "Send a webhook" actions)
     description: Signed with X-HubSpot-Signature-v3 (or v1/v2). Stored before the 200; redeliveries are acknowledged and ignored.
     responses:
-      200: {description: "{received, duplicates}"}
+      200: {description: "{received, duplicates, event_ids}"}
       400: {description: Malformed body}
       401: {description: "Missing, wrong or stale signature"}
       403: {description: Another portal}
     """
     error, new, duplicates = await receive(request, "hubspot")
-    return error or JSONResponse({"received": new, "duplicates": duplicates})
+    return error or JSONResponse(
+        {"received": new, "duplicates": duplicates, "event_ids": getattr(request.state, "event_ids", [])}
+    )
 
 
 routes = [Route("/webhooks/hubspot", hubspot, methods=["POST"])]

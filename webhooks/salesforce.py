@@ -60,7 +60,7 @@ async def salesforce_events(request: Request) -> Response:
     summary: JSON events from Salesforce Flow HTTP callouts, Apex or Platform Event relays
     description: "Authorization: Bearer <events_secret>, or X-Trigger-Email-Timestamp + X-Trigger-Email-Signature (HMAC-SHA256 of timestamp.body). Stored before the 200; redeliveries are acknowledged and ignored."
     responses:
-      200: {description: "{received, duplicates}"}
+      200: {description: "{received, duplicates, event_ids}"}
       400: {description: Malformed body}
       401: {description: Neither the bearer secret nor a valid HMAC signature}
       415: {description: "An XML body (Outbound Messages go to /webhooks/salesforce/outbound)"}
@@ -76,7 +76,9 @@ async def salesforce_events(request: Request) -> Response:
         log.exception("salesforce events could not be stored")
         return JSONResponse({"error": "the events could not be stored; retry later"}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER})
-    return error or JSONResponse({"received": new, "duplicates": duplicates})
+    return error or JSONResponse(
+        {"received": new, "duplicates": duplicates, "event_ids": getattr(request.state, "event_ids", [])}
+    )
 
 
 def _fault(status: int, reason: str, *, code: str = "Client") -> Response:
