@@ -30,7 +30,7 @@ from core.mailer import OutgoingEmail
 from core.runtime import build_runtime
 from core.schema import upgrade
 from core.triggers import accept_trigger
-from tests.harness import free_port, reset_database
+from tests.harness import reset_database
 from workers.settings import make_worker
 
 CONFIG = """
@@ -124,9 +124,10 @@ async def run_once(count: int, mode: str, *, baselines: bool = False) -> tuple[f
     url = database_url("send")
     await reset_database(url)
     redis, _server = redis_url()
-    port = free_port()
-    sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("smtp_sink.py")), str(port)], stdout=subprocess.PIPE, text=True)
-    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("smtp_sink.py")), "0"], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None
+    ready, port = sink.stdout.readline().split()  # "ready PORT": the sink bound a port the kernel picked
+    assert ready == "ready"
     smtp_url = f"smtp://127.0.0.1:{port}"
     rt = await build_runtime(
         Settings(database_url=url, redis_url=redis, smtp_url=smtp_url, secret_key="bench-secret-key-of-at-least-32-characters"),

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "text"
     """`json` for one JSON object a line (for log shippers), `text` for people."""
+    database_pgbouncer: bool = False
+    """DATABASE_PGBOUNCER=true when DATABASE_URL points at PgBouncer in transaction mode:
+    no prepared-statement caches (see docs/deploy.md)."""
     smtp_timeout: float = 30.0
     send_max_attempts: int = 8
     """SMTP 4xx / connection errors are retried this many times with exponential backoff."""

@@ -16,10 +16,27 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+class SmtpController(Controller):
+    """aiosmtpd's threaded Controller that may listen on port 0: the kernel picks a free port
+    while binding, and `port` is read back from the listening socket (no probe-then-bind race)."""
+
+    def __init__(self, handler: Any, hostname: str = "127.0.0.1", port: int = 0, **kwargs: Any):
+        super().__init__(handler, hostname=hostname, port=port, **kwargs)
+
+    def _trigger_server(self) -> None:
+        if self.server is not None and self.server.sockets:
+            self.port = int(self.server.sockets[0].getsockname()[1])
+        super()._trigger_server()
+
+
+def listening_socket(host: str = "127.0.0.1", port: int = 0, backlog: int = 128) -> socket.socket:
+    """A TCP socket already bound and listening (port 0: the kernel picks one); hand it to a
+    server (uvicorn `sockets=`, a child process's `--fd`) so nobody can take the port meanwhile."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
 
 
 class _Keeper:
@@ -41,7 +58,7 @@ class CaptureServer:
     def __init__(self, directory: Path, *, host: str = "127.0.0.1", port: int = 0):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.controller = Controller(_Keeper(directory), hostname=host, port=port or free_port(host))
+        self.controller = SmtpController(_Keeper(directory), hostname=host, port=port)
 
     def start(self) -> str:
         self.controller.start()

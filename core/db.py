@@ -358,6 +358,22 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def pgbouncer_options() -> dict[str, Any]:
+    """What asyncpg needs behind PgBouncer in transaction mode, where consecutive transactions
+    of one client may run on different server connections: no prepared-statement cache
+    (asyncpg's nor SQLAlchemy's), and a unique name for any statement asyncpg still prepares,
+    so two clients sharing a server connection never collide on `__asyncpg_stmt_1__`."""
+    import uuid
+
+    return {
+        "connect_args": {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4().hex}__",
+        },
+    }
+
+
 class Database:
     """An async engine plus the dialect quirks that matter to correctness.
 
@@ -365,7 +381,7 @@ class Database:
     lock (busy_timeout) instead of failing with a deadlock when a reader upgrades to a writer.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10):
+    def __init__(self, url: str, *, pool_size: int = 10, pgbouncer: bool = False):
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
@@ -374,7 +390,10 @@ class Database:
         else:
             # No pre-ping: it costs a round trip per transaction. A connection broken by a
             # server restart fails one job, which arq and the sweep retry.
-            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+            self.engine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+                **(pgbouncer_options() if pgbouncer else {}),
+            )
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

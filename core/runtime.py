@@ -66,7 +66,7 @@ async def build_runtime(
     return Runtime(
         settings=settings,
         config=config,
-        db=Database(settings.database_url),
+        db=Database(settings.database_url, pgbouncer=settings.database_pgbouncer),
         clock=clock or Clock(),
         queue=JobQueue(redis),
         mailer=Mailer(

@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from config import Config, Settings, parse_config
-from core.capture import free_port
+from core.capture import SmtpController, listening_socket
 from core.apikeys import create_key
 from core.clock import ManualClock
 from core.runtime import Runtime, build_runtime
@@ -127,9 +127,38 @@ class SmtpSink:
 
 
 def start_smtp(sink: SmtpSink) -> Controller:
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller = SmtpController(sink, hostname="127.0.0.1", port=0)
     controller.start()
     return controller
+
+
+class ThreadedServer:
+    """A Starlette/ASGI app served by uvicorn in a thread, on a socket bound before the
+    server starts (port 0), so no other process can take the port in between."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1"):
+        import uvicorn
+
+        self.socket = listening_socket(host)
+        self.port = int(self.socket.getsockname()[1])
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def start(self) -> "ThreadedServer":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()
 
 
 async def reset_database(url: str) -> None:

@@ -9,7 +9,7 @@ import logging
 import httpx
 import uvicorn
 
-from core.capture import free_port
+from core.capture import listening_socket
 from tests.harness import Harness
 from tests.test_tracking import pixel_url, sent_email, tracked_links
 from tests.test_unsubscribe import unsubscribe_url
@@ -30,7 +30,8 @@ class Collect(logging.Handler):
 async def test_tokens_are_redacted_in_the_access_log(harness: Harness) -> None:
     _, email = await sent_email(harness)
     public = harness.rt.config.public_url
-    port = free_port()
+    listener = listening_socket()
+    port = listener.getsockname()[1]
     paths = [url.removeprefix(public) for url in (pixel_url(email), tracked_links(email)[0], unsubscribe_url(email))]
     tokens = [path.rsplit("/", 1)[1] for path in paths]
     collect = Collect()
@@ -38,9 +39,9 @@ async def test_tokens_are_redacted_in_the_access_log(harness: Harness) -> None:
     access.addHandler(collect)
     level = access.level
     access.setLevel(logging.INFO)
-    server = uvicorn.Server(uvicorn.Config(create_app(harness.rt), host="127.0.0.1", port=port, lifespan="off",
+    server = uvicorn.Server(uvicorn.Config(create_app(harness.rt), lifespan="off",
                                            access_log=True, log_config=None))
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
     try:
         while not server.started:
             await asyncio.sleep(0.05)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from sqlalchemy import func, select
 
 from core.db import triggers
-from tests.harness import JANE, Harness
+from tests.harness import JANE, OMAR, Harness
+
+pytestmark = pytest.mark.default_backend
 
 
 async def stored_triggers(h: Harness) -> int:
@@ -123,22 +126,51 @@ async def test_openapi_declares_parameters_security_and_errors(harness: Harness)
 async def test_health_and_metrics(harness: Harness) -> None:
     health = await harness.client.get("/health")
     assert health.status_code == 200 and health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    # The counters are process-wide (other tests ran before): compare values before and after.
+    before = metric_values((await harness.client.get("/metrics", headers=harness.auth)).text)
     await harness.send()
-    metrics = (await harness.client.get("/metrics", headers=harness.auth)).text
-    assert 'trigger_email_triggers_total{outcome="queued"}' in metrics
-    assert 'trigger_email_message_states{status="sent"} 1.0' in metrics
+    await harness.send(OMAR, "asthma-launch")  # not in the audience
+    after = metric_values((await harness.client.get("/metrics", headers=harness.auth)).text)
+    queued, refused = 'trigger_email_triggers_total{outcome="queued"}', 'trigger_email_triggers_total{outcome="not_in_audience"}'
+    assert after[queued] - before.get(queued, 0.0) == 1.0
+    assert after[refused] - before.get(refused, 0.0) == 1.0
+    assert after['trigger_email_message_states{status="sent"}'] == 1.0
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text format → {'name{labels}': value}."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 async def test_health_is_503_when_redis_is_gone(harness: Harness) -> None:
+    """A real refused connection: a port we hold bound without listening, so nobody answers."""
+    import socket
+
+    from arq.connections import ArqRedis
+
     from core.queue import JobQueue
 
-    real = harness.rt.queue
-    harness.rt.queue = JobQueue(None)
-    try:
-        response = await harness.client.get("/health")
-    finally:
-        harness.rt.queue = real
-    assert response.status_code == 503 and response.json() == {"status": "degraded", "database": "ok", "redis": "unavailable"}
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        gone = ArqRedis(host="127.0.0.1", port=dead.getsockname()[1], socket_connect_timeout=2)
+        real = harness.rt.queue
+        harness.rt.queue = JobQueue(gone)
+        try:
+            response = await harness.client.get("/health")
+            accepted = await harness.trigger()  # still accepted: the database holds it, the sweep enqueues it
+        finally:
+            harness.rt.queue = real
+            await gone.aclose()
+    assert response.status_code == 503, response.text
+    assert response.json() == {"status": "degraded", "database": "ok", "redis": "unavailable"}
+    assert (await harness.outcome(accepted["id"]))["status"] == "pending"
+    await harness.later(seconds=30)
+    assert (await harness.outcome(accepted["id"]))["status"] == "sent"
 
 
 async def test_openapi_responses_are_well_formed(harness: Harness) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from core.bounce_listener import start_bounce_listener
 from core.compose import tokens_for
-from tests.harness import BASE_CONFIG, JANE, OMAR, Harness, free_port
+from tests.harness import BASE_CONFIG, JANE, OMAR, Harness
 from tests.test_tracking import sent_email
 
 FIXTURES = Path(__file__).parent / "fixtures" / "email"
@@ -42,8 +42,8 @@ class BounceMailbox:
 
 @pytest.fixture
 async def mailbox(harness: Harness) -> AsyncIterator[BounceMailbox]:
-    port = free_port()
-    server = await start_bounce_listener(harness.rt, "127.0.0.1", port)
+    server = await start_bounce_listener(harness.rt, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
     yield BounceMailbox(harness, port, server)
     server.close()
     await server.wait_closed()
@@ -223,19 +223,20 @@ async def test_the_bounces_command_listens_and_applies_reports(harness: Harness,
     token, envelope = verp(harness, result["messages"][0]["id"])
     config = tmp_path / "config.yaml"
     config.write_text(BASE_CONFIG)
-    port = free_port()
     settings = harness.rt.settings
     env = {
         **os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
         "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config), "LOG_LEVEL": "WARNING",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trigger_email.cli", "bounces", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "trigger_email.cli", "bounces", "--host", "127.0.0.1", "--port", "0",
         cwd=Path(__file__).resolve().parents[1], env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
         banner = await asyncio.wait_for(process.stdout.readline(), timeout=30)  # type: ignore[union-attr]
-        assert f"smtp://127.0.0.1:{port}" in banner.decode()
+        match = re.search(r"smtp://127\.0\.0\.1:(\d+)", banner.decode())
+        assert match, banner
+        port = int(match.group(1))
         mailbox = BounceMailbox(harness, port, server=None)
         await mailbox.deliver(hard_dsn(token, "jane.doe@clinic.example"), envelope)
     finally:

@@ -26,7 +26,6 @@ import psutil
 import pytest
 
 from tests.fakes.fake_hubspot import FakeHubSpot
-from tests.harness import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +40,22 @@ DEMO_NPI = "1234567893"
 class Dev:
     """`trigger-email dev` as a subprocess; its stdout is read by a thread so it never blocks."""
 
-    def __init__(self, data_dir: Path, port: int, env: dict[str, str]):
+    def __init__(self, data_dir: Path, env: dict[str, str]):
         clean = {k: v for k, v in os.environ.items()
                  if k not in ("SMTP_URL", "DATABASE_URL", "REDIS_URL", "TRIGGER_EMAIL_CONFIG", "PUBLIC_URL", "LOG_FORMAT")}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "trigger_email", "dev", "--port", str(port), "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "trigger_email", "dev", "--port", "0", "--data-dir", str(data_dir)],
             env={**clean, "LOG_LEVEL": "INFO", **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        self.base = f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+
+    @property
+    def base(self) -> str:
+        """`--port 0`: dev binds a port the kernel picks and prints its URL."""
+        line = self.wait_for_line(lambda l: l.startswith("trigger-email dev is running at "))
+        return line.removeprefix("trigger-email dev is running at ").split()[0]
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -142,7 +146,7 @@ def test_dashboard_in_a_browser(tmp_path: Path, hubspot: FakeHubSpot, browser: A
     hubspot.contacts["102"] = {"email": "x@practice.example"}
     # The first activity written back to HubSpot is refused for good: it is dead-lettered.
     hubspot.fail_input("1", "Property values were not valid: hs_email_subject")
-    dev = Dev(tmp_path / "data", free_port(), {"HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN, "HUBSPOT_BASE_URL": hubspot.url})
+    dev = Dev(tmp_path / "data", {"HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN, "HUBSPOT_BASE_URL": hubspot.url})
     try:
         printed = dev.ready()
         base = dev.base
@@ -322,7 +326,7 @@ def redis_servers_in(data_dir: Path) -> list[psutil.Process]:
 
 
 def test_dev_stops_on_sigterm_and_leaves_no_redis_server(tmp_path: Path) -> None:
-    dev = Dev(tmp_path / "data", free_port(), {"LOG_FORMAT": "json"})
+    dev = Dev(tmp_path / "data", {"LOG_FORMAT": "json"})
     try:
         dev.ready()
         redis = redis_servers_in(tmp_path / "data")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select, update
 from typer.testing import CliRunner
@@ -21,7 +20,8 @@ from typer.testing import CliRunner
 from core.db import messages
 from core.decisions import decide
 from core.sending import _claim
-from tests.harness import BASE_CONFIG, JANE, OMAR, Harness, SmtpSink, drain, free_port, sweep_and_drain
+from core.capture import SmtpController
+from tests.harness import BASE_CONFIG, JANE, OMAR, Harness, SmtpSink, drain, sweep_and_drain
 from trigger_email.cli import app
 from workers.jobs import process_trigger
 
@@ -55,7 +55,7 @@ class SlowSink(SmtpSink):
 @pytest.fixture
 def smtp() -> Iterator[tuple[SmtpSink, str]]:
     sink = SlowSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller = SmtpController(sink, hostname="127.0.0.1", port=0)
     controller.start()
     yield sink, f"smtp://127.0.0.1:{controller.port}"
     controller.stop()

@@ -13,15 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.default_backend]
 
 
-def start_dev(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_dev(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`trigger-email dev --port 0`: it binds a port the kernel picks and prints its URL."""
     env = {k: v for k, v in os.environ.items() if k not in ("SMTP_URL", "DATABASE_URL", "REDIS_URL", "TRIGGER_EMAIL_CONFIG", "PUBLIC_URL")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "trigger_email", "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "trigger_email", "dev", "--port", "0", "--data-dir", str(data_dir)],
         env={**env, "LOG_LEVEL": "WARNING"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: dict[str, str] = {}
@@ -31,15 +31,17 @@ def start_dev(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[st
         line = process.stdout.readline()
         if not line:
             break
+        if line.startswith("trigger-email dev is running at "):
+            lines["base"] = line.removeprefix("trigger-email dev is running at ").split()[0]
         if line.startswith("API key: "):
             lines["key"] = line.removeprefix("API key: ").strip()
         if line.startswith("curl ") and "/v1/triggers" in line:
             lines["curl"] = line.strip()
             break
-    assert "key" in lines, process.stderr.read() if process.poll() is not None else "no API key line"
+    assert "key" in lines and "base" in lines, process.stderr.read() if process.poll() is not None else "no API key or URL line"
     for _ in range(100):
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{lines['base']}/health", timeout=1).status_code == 200:
                 return process, lines
         except httpx.HTTPError:
             pass
@@ -66,9 +68,8 @@ def wait_for(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
 
 def test_dev_serves_a_trigger_end_to_end_and_keeps_state(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    port = free_port()
-    process, lines = start_dev(data_dir, port)
-    base = f"http://127.0.0.1:{port}"
+    process, lines = start_dev(data_dir)
+    base = lines["base"]
     auth = {"Authorization": f"Bearer {lines['key']}"}
     try:
         assert f"{base}/v1/triggers" in lines["curl"] and lines["key"] in lines["curl"]
@@ -90,7 +91,8 @@ def test_dev_serves_a_trigger_end_to_end_and_keeps_state(tmp_path: Path) -> None
     assert "stopped" in out
     generated = {name: (data_dir / name).read_text() for name in ("hubspot_client_secret", "salesforce_events_secret", "secret_key")}
     assert all(len(value.strip()) >= 32 for value in generated.values()), "dev generates long secrets of its own"
-    process, again = start_dev(data_dir, port)
+    process, again = start_dev(data_dir)
+    base = again["base"]
     try:
         assert again["key"] == lines["key"]
         assert {name: (data_dir / name).read_text() for name in generated} == generated, "a restart keeps them"

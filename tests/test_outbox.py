@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from email.utils import format_datetime
 from typing import Any, Iterator
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,7 +24,7 @@ from starlette.routing import Route
 
 from core.db import messages
 from core.outbox import push_outbox, record_activity
-from tests.harness import BASE_CONFIG, JANE, Harness, free_port
+from tests.harness import BASE_CONFIG, JANE, Harness, ThreadedServer
 from tests.test_tracking import HUMAN_UA, click, eventually, open_email, pixel_url, sent_email, tracked_links
 from tests.test_unsubscribe import one_click
 
@@ -81,23 +79,14 @@ class Receiver:
 @pytest.fixture(scope="module")
 def receiver_server() -> Iterator[Receiver]:
     receiver = Receiver()
-    port = free_port()
-    receiver.url = f"http://127.0.0.1:{port}/crm/activities"
 
     async def dispatch(request: Request) -> Response:
         return await receiver.endpoint(request)
 
-    app = Starlette(routes=[Route("/crm/activities", dispatch, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the receiver did not start"
-        time.sleep(0.02)
+    server = ThreadedServer(Starlette(routes=[Route("/crm/activities", dispatch, methods=["POST"])])).start()
+    receiver.url = f"{server.url}/crm/activities"
     yield receiver
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.stop()
 
 
 @pytest.fixture
@@ -294,11 +283,24 @@ async def test_a_client_error_dead_letters_the_batch_at_once(harness: Harness, r
 
 
 async def test_the_worker_cron_job_pushes(harness: Harness, receiver: Receiver) -> None:
-    from workers.jobs import push_activities
+    """Nothing calls the push: the real arq worker's cron (every 2 s) picks the row up."""
+    from workers.settings import make_worker
 
     await sent_email(harness)
-    assert await push_activities({"runtime": harness.rt}) == {"pushed": 1, "retried": 0, "dead": 0}
+    assert receiver.activities == []
+    worker = make_worker(harness.rt, handle_signals=False)
+    task = asyncio.create_task(worker.main())
+    try:
+        deadline = time.monotonic() + 30
+        while not receiver.activities or (await outbox(harness, "pending"))["items"]:
+            assert not task.done(), task
+            assert time.monotonic() < deadline, "the cron never pushed"
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert [a["kind"] for a in receiver.activities] == ["sent"]
+    assert len(receiver.calls) == 1
 
 
 async def test_a_burst_of_hits_makes_one_row_per_fact(harness: Harness, receiver: Receiver) -> None:

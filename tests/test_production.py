@@ -3,6 +3,8 @@ configured only by the environment, sharing the database and Redis."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import os
 import signal
@@ -13,7 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import BASE_CONFIG, JANE, Harness, free_port
+from core.capture import listening_socket
+from tests.harness import BASE_CONFIG, JANE, Harness
+
+pytestmark = pytest.mark.default_backend
 
 
 async def test_serve_and_worker_processes_deliver_a_trigger(harness: Harness, tmp_path: Path) -> None:
@@ -25,9 +30,11 @@ async def test_serve_and_worker_processes_deliver_a_trigger(harness: Harness, tm
         "SMTP_URL": settings.smtp_url, "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config),
         "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
     }
-    port = free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "trigger_email", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    listener = listening_socket()  # handed over bound: nothing can take the port meanwhile
+    port = listener.getsockname()[1]
+    serve = subprocess.Popen([sys.executable, "-m", "trigger_email", "serve", "--fd", str(listener.fileno())],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(listener.fileno(),))
+    listener.close()
     worker = subprocess.Popen([sys.executable, "-m", "trigger_email", "worker"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

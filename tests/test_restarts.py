@@ -18,13 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import func, select
 
 from core.db import messages, triggers
 from core.npi import make_npi
-from tests.harness import Harness, SmtpSink, free_port, load_directory
+from core.capture import SmtpController, listening_socket
+from tests.harness import Harness, SmtpSink, load_directory
 
 HCPS = 72
 DATA_SECONDS = 1.0
@@ -67,7 +67,7 @@ class DataCommandLog(SMTP):
         await super().smtp_DATA(arg)
 
 
-class SlowController(Controller):
+class SlowController(SmtpController):
     def factory(self) -> SMTP:
         return DataCommandLog(self.handler, **self.SMTP_kwargs)
 
@@ -75,7 +75,7 @@ class SlowController(Controller):
 @pytest.fixture
 def slow_smtp() -> Any:
     sink = SlowSink()
-    controller = SlowController(sink, hostname="127.0.0.1", port=free_port())
+    controller = SlowController(sink, hostname="127.0.0.1", port=0)
     controller.start()
     yield sink, f"smtp://127.0.0.1:{controller.port}"
     controller.stop()
@@ -95,13 +95,15 @@ class Production:
             "SMTP_URL": smtp_url, "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config),
             "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "SHUTDOWN_GRACE": "20",
         }
-        self.port = free_port()
+        self.listener = listening_socket()  # handed to serve with --fd: bound before it starts, kept across restarts
+        self.port = self.listener.getsockname()[1]
         self.logs = tmp_path
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"process-{len(self.processes)}.log", "wb")
-        process = subprocess.Popen([sys.executable, "-m", "trigger_email", *args], env=self.env, stdout=log, stderr=log)
+        process = subprocess.Popen([sys.executable, "-m", "trigger_email", *args], env=self.env, stdout=log, stderr=log,
+                                   pass_fds=(self.listener.fileno(),))
         self.processes.append(process)
         return process
 
@@ -145,7 +147,7 @@ async def run_restart(harness: Harness, sink: SmtpSink, smtp_url: str, tmp_path:
     )
     await load_directory(harness.rt, tmp_path, csv)
     production = Production(harness, smtp_url, tmp_path)
-    production.start("serve", "--host", "127.0.0.1", "--port", str(production.port))
+    production.start("serve", "--fd", str(production.listener.fileno()))
     first = production.start("worker")
     production.start("worker")
     try:

@@ -8,11 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from core.mailer import Mailer, OutgoingEmail, SmtpTarget
-from tests.harness import JANE, Harness, SmtpSink, free_port
+from core.capture import SmtpController
+from tests.harness import JANE, Harness, SmtpSink
+
+pytestmark = pytest.mark.default_backend
 
 
 async def test_5xx_on_rcpt_marks_the_address_and_tries_the_next(harness: Harness) -> None:
@@ -138,8 +140,8 @@ async def test_starttls_with_authentication_against_a_real_server(tmp_path: Path
         return AuthResult(success=ok)
 
     sink = SmtpSink()
-    controller = Controller(
-        sink, hostname="127.0.0.1", port=free_port(), tls_context=server_context, require_starttls=True,
+    controller = SmtpController(
+        sink, hostname="127.0.0.1", port=0, tls_context=server_context, require_starttls=True,
         authenticator=authenticate, auth_require_tls=True,
     )
     controller.start()

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 from typing import AsyncIterator
 
 import pytest
-from aiosmtpd.controller import Controller
 
+from core.capture import SmtpController
 from core.mailer import DeliveryError, Mailer, OutgoingEmail, SmtpTarget
-from tests.harness import SmtpSink, free_port
+from tests.harness import SmtpSink
 
 
 def email(to: str) -> object:
@@ -24,14 +24,14 @@ def email(to: str) -> object:
 class Server:
     def __init__(self) -> None:
         self.sink = SmtpSink()
-        self.port = free_port()
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        self.controller = SmtpController(self.sink, hostname="127.0.0.1", port=0)  # the kernel picks a free port
         self.controller.start()
+        self.port = self.controller.port
 
     def restart(self) -> None:
         """Stop and start again on the same port: every open session is dropped."""
         self.controller.stop()
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        self.controller = SmtpController(self.sink, hostname="127.0.0.1", port=self.port)
         self.controller.start()
 
 

@@ -15,6 +15,8 @@ from core.compose import tokens_for
 from core.engagement import flush_engagement
 from tests.harness import BASE_CONFIG, JANE, OMAR, Harness
 
+pytestmark = pytest.mark.default_backend
+
 HUMAN_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0 Safari/537.36 Edg/124.0"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.harness import JANE, Harness
+
+pytestmark = pytest.mark.default_backend
 
 
 async def test_trigger_becomes_an_email_with_rendered_bodies_and_headers(harness: Harness) -> None:

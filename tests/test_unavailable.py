@@ -4,6 +4,7 @@ route answers 503 with Retry-After (the CRMs and client systems retry), never 50
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -13,7 +14,6 @@ import yaml
 
 from config import Settings
 from connectors.base import attach_connectors
-from core.capture import free_port
 from core.clock import ManualClock
 from core.runtime import build_runtime
 from tests.harness import BASE_CONFIG, JANE, make_config
@@ -31,7 +31,9 @@ CONFIG = BASE_CONFIG + yaml.safe_dump({"crm": {
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, int]]:
-    port = free_port()  # nothing listens there: the database is down
+    dead = socket.socket()  # bound, never listening, held for the test: connections to it are refused
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
     settings = Settings(
         database_url=f"postgresql://postgres@127.0.0.1:{port}/trigger_email", redis_url=redis_url,
         smtp_url="smtp://127.0.0.1:1", secret_key="s" * 40,
@@ -43,6 +45,7 @@ async def client(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, int]]
     for connector in rt.extras.get("connectors", {}).values():
         await connector.aclose()
     await rt.aclose()
+    dead.close()
 
 
 def assert_unavailable(response: httpx.Response, port: int) -> None:

@@ -12,6 +12,8 @@ from bs4 import BeautifulSoup
 from tests.harness import BASE_CONFIG, JANE, MEI, Harness
 from tests.test_tracking import html_of, sent_email
 
+pytestmark = pytest.mark.default_backend
+
 PUBLIC = "https://trigger.pharma.example"
 ONE_CLICK = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -105,7 +107,10 @@ async def test_get_shows_a_page_whose_button_posts(harness: Harness) -> None:
 async def test_forged_unsubscribe_token_gets_404(harness: Harness) -> None:
     first, email = await sent_email(harness)
     url = unsubscribe_url(email)
-    for forged in (url[:-2] + ("xx" if not url.endswith("xx") else "yy"), f"{PUBLIC}/u/forged"):
+    # Alter a character well inside the signature: the last base64 character carries padding
+    # bits a decoder ignores, so changing only the end can leave the same signature.
+    altered = url[:-10] + ("A" if url[-10] != "A" else "B") + url[-9:]
+    for forged in (altered, f"{PUBLIC}/u/forged"):
         assert (await harness.client.post(forged, content=b"List-Unsubscribe=One-Click", headers=ONE_CLICK)).status_code == 404
         assert (await harness.client.get(forged)).status_code == 404
     assert (await harness.outcome(first["id"]))["messages"][0]["unsubscribed"] is False

@@ -18,6 +18,8 @@ from core.triggers import accept_trigger
 from tests.harness import JANE, SmtpSink, drain, load_directory, make_config
 from workers.settings import make_worker
 
+pytestmark = pytest.mark.default_backend
+
 FAST = """
 public_url: https://trigger.pharma.example
 sender: {from: "Medical Information <medinfo@pharma.example>"}
@@ -69,10 +71,30 @@ async def test_cron_picks_up_a_due_resend_within_two_seconds(live_runtime) -> No
     assert late < 2.0, f"resend went {late:.2f} s after it was due"
 
 
-async def test_duplicate_enqueue_runs_once_and_a_redis_flush_loses_nothing(live_runtime) -> None:  # type: ignore[no-untyped-def]
+async def test_duplicate_enqueue_runs_once(live_runtime) -> None:  # type: ignore[no-untyped-def]
+    from arq.jobs import Job
+
+    rt, sink = live_runtime
+    accepted = await accept_trigger(rt, npi=JANE, campaign_id="quick")  # enqueues trigger:<id>
+    job_id = f"trigger:{accepted.id}"
+    again = await asyncio.gather(*(rt.queue.enqueue(PROCESS_TRIGGER, accepted.id, job_id=job_id) for _ in range(5)))
+    assert again == [False] * 5
+    assert await rt.queue.redis.zcard("arq:queue") == 1  # one job waiting, not six
+    worker = make_worker(rt, burst=True, handle_signals=False)
+    await worker.main()
+    assert worker.jobs_complete >= 1 and worker.jobs_failed == 0 and worker.jobs_retried == 0
+    result = await Job(job_id, rt.queue.redis).result_info()
+    assert result is not None and result.success and result.job_try == 1, result  # ran once, first try
+    # Its result key still blocks the same id, and whatever else is queued sends nothing more.
+    assert not await rt.queue.enqueue(PROCESS_TRIGGER, accepted.id, job_id=job_id)
+    await drain(rt)
+    assert [str(m["To"]) for m in sink.messages] == ["jane.doe@clinic.example"]
+
+
+async def test_a_redis_flush_loses_nothing(live_runtime) -> None:  # type: ignore[no-untyped-def]
     rt, sink = live_runtime
     accepted = await accept_trigger(rt, npi=JANE, campaign_id="quick")
-    assert not await rt.queue.enqueue(PROCESS_TRIGGER, accepted.id, job_id=f"trigger:{accepted.id}")
+    assert await rt.queue.redis.zcard("arq:queue") == 1
     await rt.queue.redis.flushdb()  # the job is gone from Redis …
     from core.scheduler import sweep
 

@@ -231,7 +231,7 @@ def directory_import(file: Path = typer.Argument(..., exists=True, dir_okay=Fals
     from core.directory import DirectoryFileError, import_csv
 
     async def go() -> Any:
-        db = Database(_settings().database_url)
+        db = Database(_settings().database_url, pgbouncer=_settings().database_pgbouncer)
         size = file.stat().st_size
         with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err) as progress:
             task = progress.add_task("import", total=size)
@@ -272,7 +272,7 @@ def apikey_create(
         raise typer.Exit(2) from None
 
     async def go() -> str:
-        db = Database(_settings().database_url)
+        db = Database(_settings().database_url, pgbouncer=_settings().database_pgbouncer)
         try:
             return await create_key(db, name, Clock().now(), scopes)
         finally:
@@ -402,7 +402,7 @@ def db_upgrade() -> None:
     from core.schema import upgrade
 
     async def go() -> tuple[str | None, str | None]:
-        db = Database(_settings().database_url)
+        db = Database(_settings().database_url, pgbouncer=_settings().database_pgbouncer)
         try:
             return await upgrade(db)
         finally:
@@ -583,6 +583,7 @@ def user_delete(email: str = typer.Argument(..., metavar="EMAIL")) -> None:
 def serve(
     host: str = typer.Option("0.0.0.0", "--host"),
     port: int = typer.Option(8000, "--port"),
+    fd: Optional[int] = typer.Option(None, "--fd", help="Serve on this inherited, already listening socket (socket activation) instead of --host/--port."),
 ) -> None:
     """Run the HTTP service (webhooks, trigger API, tracking) with uvicorn."""
     import uvicorn
@@ -592,7 +593,7 @@ def serve(
     settings = _production_settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
-    uvicorn.run(create_app(), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True)
+    uvicorn.run(create_app(), host=host, port=port, fd=fd, log_level=settings.log_level.lower(), proxy_headers=True)
 
 
 @app.command("worker")
@@ -603,7 +604,29 @@ def worker() -> None:
     settings = _production_settings()
     _config(settings.trigger_email_config)
     _logging(settings.log_level, settings.log_format)
-    run_worker()
+    _run_worker_through_redis_outages(run_worker)
+
+
+def _run_worker_through_redis_outages(run: Any, pause: float = 2.0) -> None:
+    """arq's worker stops when Redis goes away (a restart, a failover). Nothing is lost: the
+    database holds the work and the sweep re-enqueues it, so start the worker again once
+    Redis answers instead of leaving the process dead until a supervisor notices."""
+    import signal
+    import time
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    while True:
+        try:
+            run()
+            return
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+            logging.getLogger("trigger_email.worker").warning("Redis unavailable (%s); starting the worker again in %.0f s", exc, pause)
+            # arq's handlers live on a loop that is not running now: let SIGTERM/SIGINT stop us.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            time.sleep(pause)
 
 
 bounces_app = typer.Typer(
@@ -631,7 +654,8 @@ def bounces(
     async def go() -> None:
         rt = await _runtime(redis=True)
         server = await start_bounce_listener(rt, host, port)
-        out.print(f"Listening for bounces on smtp://{host}:{port}", highlight=False)
+        bound = server.sockets[0].getsockname()[1] if server.sockets else port  # --port 0: the kernel's pick
+        out.print(f"Listening for bounces on smtp://{host}:{bound}", highlight=False)
         try:
             await server.serve_forever()
         finally:

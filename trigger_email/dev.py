@@ -19,7 +19,7 @@ import uvicorn
 from config import Settings, load_config
 from core.apikeys import store_key
 from core.bounce_listener import start_bounce_listener
-from core.capture import CaptureServer, free_port
+from core.capture import CaptureServer, listening_socket
 from core.db import Database, hcps
 from core.demo import DEMO_NPI, write_demo_csv
 from core.directory import import_csv
@@ -57,6 +57,9 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
     dev_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "text"))
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Bind first (port 0: the kernel picks a free one) so the URLs we print name the real port.
+    listener = listening_socket(host, port)
+    port = int(listener.getsockname()[1])
     os.environ.setdefault("PUBLIC_URL", f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
     # The example config takes its CRM secrets from the environment with no default; dev
     # generates them once per data dir (a restart keeps signed webhooks working).
@@ -92,11 +95,11 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
     api_key = _keep(data_dir / "dev-api-key", lambda: "te_dev_" + secrets.token_urlsafe(24))
     await store_key(rt.db, "dev", api_key, rt.clock.now())
     login_email, login_password = await _dashboard_user(rt, data_dir)
-    bounce_port = free_port()
-    bounce_server = await start_bounce_listener(rt, "127.0.0.1", bounce_port)
+    bounce_server = await start_bounce_listener(rt, "127.0.0.1", 0)  # port 0: the kernel picks a free one
+    bounce_port = int(bounce_server.sockets[0].getsockname()[1])
 
     app = create_app(rt, dev_routes=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     worker = make_worker(rt, handle_signals=False)
     base = config.public_url
     campaign = config.campaigns[0].id if config.campaigns else "CAMPAIGN"
@@ -131,7 +134,7 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
 
     live_config.start(rt)  # `config reload` and SIGHUP reach dev too
     try:
-        await server.serve()
+        await server.serve(sockets=[listener])
     finally:
         await live_config.stop(rt)
         worker_task.cancel()
