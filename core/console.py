@@ -147,17 +147,12 @@ def full_trail(row: Any) -> list[dict[str, Any]]:
 async def trigger_detail(db: Database, config: Config, trigger_id: str) -> dict[str, Any] | None:
     """The whole story of one trigger: source event, checks, messages with their SMTP
     answers and engagement, resends, and the CRM activities with their push status."""
-    from core.triggers import message_view
+    from core.triggers import message_view, trigger_with_messages
 
     async with db.connect() as connection:
-        row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
+        row, message_rows = await trigger_with_messages(connection, trigger_id)
         if row is None:
             return None
-        message_rows = (
-            await connection.execute(
-                select(messages).where(messages.c.trigger_id == trigger_id).order_by(messages.c.seq, messages.c.created_at)
-            )
-        ).mappings().all()
         ids = [message["id"] for message in message_rows]
         activity_rows = (
             (await connection.execute(select(outbox).where(outbox.c.message_id.in_(ids)).order_by(outbox.c.id))).mappings().all()
