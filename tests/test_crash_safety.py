@@ -16,13 +16,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select, update
-from typer.testing import CliRunner
 
 from core.db import messages
 from core.decisions import decide
 from core.sending import _claim
-from tests.harness import BASE_CONFIG, JANE, OMAR, Harness, SmtpSink, drain, free_port, sweep_and_drain
-from trigger_email.cli import app
+from tests.harness import JANE, OMAR, Harness, SmtpSink, cli_environment, drain, free_port, invoke_cli as invoke, sweep_and_drain
 from workers.jobs import process_trigger
 
 
@@ -201,14 +199,8 @@ async def test_a_dead_workers_claim_after_data_becomes_unknown_not_resent(harnes
 
 
 @pytest.fixture
-def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str]:
-    config = tmp_path / "trigger-email.yaml"
-    config.write_text(BASE_CONFIG)
-    settings = harness.rt.settings
-    return {
-        "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "SMTP_URL": settings.smtp_url,
-        "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config),
-    }
+def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str | None]:
+    return cli_environment(harness, tmp_path, SMTP_URL=harness.rt.settings.smtp_url)
 
 
 async def cut_inside_data(harness: Harness, npi: str = JANE, campaign_id: str = "asthma-launch") -> str:
@@ -222,10 +214,6 @@ async def cut_inside_data(harness: Harness, npi: str = JANE, campaign_id: str = 
     await asyncio.gather(task, return_exceptions=True)
     sink.data_delay = 0.0
     return accepted["id"]
-
-
-async def invoke(args: list[str], env: dict[str, str]) -> Any:
-    return await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
 
 
 async def test_messages_resolve_sent_records_it_and_schedules_the_resends(harness: Harness, cli_env: dict[str, str]) -> None:
