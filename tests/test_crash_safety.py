@@ -76,6 +76,21 @@ def job(h: Harness, trigger_id: str) -> asyncio.Task[Any]:
     return asyncio.create_task(process_trigger({"runtime": h.rt}, trigger_id))
 
 
+async def cancel_inside_data(harness: Harness, *, data_delay: float, grace: float, **trigger: str) -> tuple[dict[str, Any], asyncio.Task[Any]]:
+    """A trigger whose job is cancelled (what SIGTERM does) while the SMTP server holds DATA for
+    `data_delay` seconds, with `grace` seconds for the transaction to finish: the accepted
+    trigger and its cancelled job."""
+    sink: SlowSink = harness.smtp  # type: ignore[assignment]
+    sink.data_delay = data_delay
+    harness.rt.mailer.grace = grace
+    sink.in_data.clear()
+    accepted = await harness.trigger(**trigger)
+    task = job(harness, accepted["id"])
+    await until(sink.in_data)
+    task.cancel()
+    return accepted, task
+
+
 async def test_a_job_cancelled_before_the_smtp_transaction_puts_its_message_back(harness: Harness) -> None:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
     sink.mail_delay = 1.0
@@ -125,12 +140,7 @@ async def test_a_job_waiting_for_a_connection_leaves_its_message_queued(harness:
 
 async def test_a_cancellation_inside_data_lets_the_transaction_finish_within_the_grace(harness: Harness) -> None:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
-    sink.data_delay = 0.5
-    harness.rt.mailer.grace = 10.0
-    accepted = await harness.trigger()
-    task = job(harness, accepted["id"])
-    await until(sink.in_data)
-    task.cancel()
+    accepted, task = await cancel_inside_data(harness, data_delay=0.5, grace=10.0)
     assert await task == "sent"
     view = await harness.outcome(accepted["id"])
     assert view["status"] == "sent" and view["messages"][0]["status"] == "sent"
@@ -139,12 +149,7 @@ async def test_a_cancellation_inside_data_lets_the_transaction_finish_within_the
 
 async def test_a_transaction_cut_inside_data_is_unknown_counted_and_never_resent(harness: Harness) -> None:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
-    sink.data_delay = 3.0
-    harness.rt.mailer.grace = 0.2
-    accepted = await harness.trigger()
-    task = job(harness, accepted["id"])
-    await until(sink.in_data)
-    task.cancel()
+    accepted, task = await cancel_inside_data(harness, data_delay=3.0, grace=0.2)
     with pytest.raises(asyncio.CancelledError):
         await task
     view = await harness.outcome(accepted["id"])
@@ -205,12 +210,7 @@ def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str | None]:
 
 async def cut_inside_data(harness: Harness, npi: str = JANE, campaign_id: str = "asthma-launch") -> str:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
-    sink.data_delay, harness.rt.mailer.grace = 3.0, 0.1
-    sink.in_data.clear()
-    accepted = await harness.trigger(npi=npi, campaign_id=campaign_id)
-    task = job(harness, accepted["id"])
-    await until(sink.in_data)
-    task.cancel()
+    accepted, task = await cancel_inside_data(harness, data_delay=3.0, grace=0.1, npi=npi, campaign_id=campaign_id)
     await asyncio.gather(task, return_exceptions=True)
     sink.data_delay = 0.0
     return accepted["id"]
