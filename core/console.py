@@ -147,17 +147,12 @@ def full_trail(row: Any) -> list[dict[str, Any]]:
 async def trigger_detail(db: Database, config: Config, trigger_id: str) -> dict[str, Any] | None:
     """The whole story of one trigger: source event, checks, messages with their SMTP
     answers and engagement, resends, and the CRM activities with their push status."""
-    from core.triggers import message_view
+    from core.triggers import message_view, trigger_with_messages
 
     async with db.connect() as connection:
-        row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
+        row, message_rows = await trigger_with_messages(connection, trigger_id)
         if row is None:
             return None
-        message_rows = (
-            await connection.execute(
-                select(messages).where(messages.c.trigger_id == trigger_id).order_by(messages.c.seq, messages.c.created_at)
-            )
-        ).mappings().all()
         ids = [message["id"] for message in message_rows]
         activity_rows = (
             (await connection.execute(select(outbox).where(outbox.c.message_id.in_(ids)).order_by(outbox.c.id))).mappings().all()
@@ -235,6 +230,20 @@ def source_event(config: Config, row: Any, ref: dict[str, Any], event_row: Any) 
 # -- inbound events ----------------------------------------------------------------------
 
 
+async def _newest_first_by_id(db: Database, query: Any, id_column: Any, cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
+    """One page of `query`, highest integer id first, after the id the cursor names; and the
+    cursor of the next page (None on the last one)."""
+    if cursor:
+        (text,) = _decode(cursor, 1)
+        if not text.isdigit():
+            raise BadQuery("cursor", "cursor is not one this API handed out")
+        query = query.where(id_column < int(text))
+    async with db.connect() as connection:
+        rows = (await connection.execute(query.order_by(id_column.desc()).limit(limit + 1))).mappings().all()
+    following = _encode(str(rows[limit - 1]["id"])) if len(rows) > limit else None
+    return list(rows[:limit]), following
+
+
 async def list_events(
     db: Database, *, source: str | None = None, status: str | None = None, start: datetime | None = None,
     end: datetime | None = None, cursor: str | None = None, limit: int = 50,
@@ -248,16 +257,8 @@ async def list_events(
         query = query.where(inbound_events.c.received_at >= start)
     if end:
         query = query.where(inbound_events.c.received_at < end)
-    if cursor:
-        (text,) = _decode(cursor, 1)
-        if not text.isdigit():
-            raise BadQuery("cursor", "cursor is not one this API handed out")
-        query = query.where(inbound_events.c.id < int(text))
-    query = query.order_by(inbound_events.c.id.desc()).limit(limit + 1)
-    async with db.connect() as connection:
-        rows = (await connection.execute(query)).mappings().all()
-    following = _encode(str(rows[limit - 1]["id"])) if len(rows) > limit else None
-    views = [event_view(row) for row in rows[:limit]]
+    rows, following = await _newest_first_by_id(db, query, inbound_events.c.id, cursor, limit)
+    views = [event_view(row) for row in rows]
     await _with_triggers(db, views)
     return views, following
 
@@ -516,12 +517,5 @@ async def outbox_page(
         query = query.where(outbox.c.crm == crm)
     if status:
         query = query.where(outbox.c.status == status)
-    if cursor:
-        (text,) = _decode(cursor, 1)
-        if not text.isdigit():
-            raise BadQuery("cursor", "cursor is not one this API handed out")
-        query = query.where(outbox.c.id < int(text))
-    async with db.connect() as connection:
-        rows = (await connection.execute(query.order_by(outbox.c.id.desc()).limit(limit + 1))).mappings().all()
-    following = _encode(str(rows[limit - 1]["id"])) if len(rows) > limit else None
-    return [outbox_view(row) for row in rows[:limit]], following
+    rows, following = await _newest_first_by_id(db, query, outbox.c.id, cursor, limit)
+    return [outbox_view(row) for row in rows], following

@@ -153,18 +153,26 @@ async def accept_trigger(
     return Accepted(id=trigger_id, status="pending", created=True)
 
 
+async def trigger_with_messages(connection: Any, trigger_id: str) -> tuple[Any, list[Any]]:
+    """A trigger's row and its messages in send order, or (None, []) when there is no such trigger."""
+    row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
+    if row is None:
+        return None, []
+    message_rows = (
+        await connection.execute(
+            select(messages).where(messages.c.trigger_id == trigger_id).order_by(messages.c.seq, messages.c.created_at)
+        )
+    ).mappings().all()
+    return row, list(message_rows)
+
+
 async def trigger_view(rt: Runtime, trigger_id: str) -> dict[str, Any] | None:
     from core.console import full_trail
 
     async with rt.db.connect() as connection:
-        row = (await connection.execute(select(triggers).where(triggers.c.id == trigger_id))).mappings().first()
-        if row is None:
-            return None
-        message_rows = (
-            await connection.execute(
-                select(messages).where(messages.c.trigger_id == trigger_id).order_by(messages.c.seq, messages.c.created_at)
-            )
-        ).mappings().all()
+        row, message_rows = await trigger_with_messages(connection, trigger_id)
+    if row is None:
+        return None
     return {
         "id": row["id"],
         "npi": row["npi"],

@@ -272,3 +272,24 @@ async def load_directory(rt: Runtime, tmp_path: Path, text: str = DIRECTORY_CSV)
     path.write_text(text)
     report = await import_csv(rt.db, path, now=rt.clock.now())
     assert not report.skipped, report.skipped
+
+
+async def invoke_cli(args: list[str], env: dict[str, str]) -> Any:
+    """The CLI runs its own event loop (asyncio.run), so it gets a thread of its own here."""
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from trigger_email.cli import app
+
+    return await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+
+
+def cli_environment(harness: Harness, tmp_path: Path, **extra: str | None) -> dict[str, str | None]:
+    """The environment for a CLI run against the harness's database and Redis, with
+    BASE_CONFIG written to a file under `tmp_path`; `extra` adds or overrides variables."""
+    config = tmp_path / "trigger-email.yaml"
+    config.write_text(BASE_CONFIG)
+    settings = harness.rt.settings
+    return {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+            "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config), **extra}

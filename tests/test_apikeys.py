@@ -3,30 +3,19 @@ recorded cheaply; an Idempotency-Key reused with another body is a 422."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 from core.db import api_keys, triggers
-from tests.harness import BASE_CONFIG, JANE, MEI, Harness
-from trigger_email.cli import app
-
-
-async def invoke(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped-def]
-    return await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+from tests.harness import JANE, MEI, Harness, cli_environment, invoke_cli as invoke
 
 
 @pytest.fixture
-def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str]:
-    config = tmp_path / "trigger-email.yaml"
-    config.write_text(BASE_CONFIG)
-    settings = harness.rt.settings
-    return {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-            "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config), "COLUMNS": "200"}
+def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str | None]:
+    return cli_environment(harness, tmp_path, COLUMNS="200")
 
 
 async def new_key(env: dict[str, str], name: str, *scopes: str) -> dict[str, str]:

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.harness import BASE_CONFIG, JANE, Harness, drain
+from tests.harness import JANE, Harness, cli_environment, drain, invoke_cli as invoke
 from trigger_email.cli import app
 
 
-async def invoke(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped-def]
-    """The CLI runs its own event loop (asyncio.run), so it gets a thread of its own here."""
-    return await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
-
-
 @pytest.fixture
-def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str]:
-    config = tmp_path / "trigger-email.yaml"
-    config.write_text(BASE_CONFIG)
-    settings = harness.rt.settings
-    return {
-        "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "SMTP_URL": settings.smtp_url,
-        "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config),
-    }
+def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str | None]:
+    return cli_environment(harness, tmp_path, SMTP_URL=harness.rt.settings.smtp_url)
 
 
 async def test_apikey_create_prints_a_working_key(harness: Harness, cli_env: dict[str, str]) -> None:

@@ -60,7 +60,7 @@ async def test_trigger_log_by_npi_newest_first_with_trails_and_cursor(harness: H
 
 async def test_trigger_log_refuses_bad_filters_naming_the_field(harness: Harness) -> None:
     for params, field in (({"status": "nope"}, "status"), ({"from": "yesterday"}, "from"), ({"cursor": "!!"}, "cursor"),
-                          ({"limit": "0"}, "limit"), ({"limit": "500"}, "limit")):
+                          ({"limit": "0"}, "limit"), ({"limit": "500"}, "limit"), ({"limit": "²"}, "limit"), ({"limit": "١"}, "limit")):
         response = await harness.client.get("/v1/triggers", params=params, headers=harness.auth)
         assert response.status_code == 422 and response.json()["field"] == field, (params, response.text)
     assert (await harness.client.get("/v1/triggers")).status_code == 401

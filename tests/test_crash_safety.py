@@ -15,14 +15,12 @@ from typing import Any, Iterator
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select, update
-from typer.testing import CliRunner
 
 from core.db import messages
 from core.decisions import decide
 from core.sending import _claim
 from core.capture import SmtpController
-from tests.harness import BASE_CONFIG, JANE, OMAR, Harness, SmtpSink, drain, sweep_and_drain
-from trigger_email.cli import app
+from tests.harness import JANE, OMAR, Harness, SmtpSink, cli_environment, drain, invoke_cli as invoke, sweep_and_drain
 from workers.jobs import process_trigger
 
 
@@ -78,6 +76,21 @@ def job(h: Harness, trigger_id: str) -> asyncio.Task[Any]:
     return asyncio.create_task(process_trigger({"runtime": h.rt}, trigger_id))
 
 
+async def cancel_inside_data(harness: Harness, *, data_delay: float, grace: float, **trigger: str) -> tuple[dict[str, Any], asyncio.Task[Any]]:
+    """A trigger whose job is cancelled (what SIGTERM does) while the SMTP server holds DATA for
+    `data_delay` seconds, with `grace` seconds for the transaction to finish: the accepted
+    trigger and its cancelled job."""
+    sink: SlowSink = harness.smtp  # type: ignore[assignment]
+    sink.data_delay = data_delay
+    harness.rt.mailer.grace = grace
+    sink.in_data.clear()
+    accepted = await harness.trigger(**trigger)
+    task = job(harness, accepted["id"])
+    await until(sink.in_data)
+    task.cancel()
+    return accepted, task
+
+
 async def test_a_job_cancelled_before_the_smtp_transaction_puts_its_message_back(harness: Harness) -> None:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
     sink.mail_delay = 1.0
@@ -127,12 +140,7 @@ async def test_a_job_waiting_for_a_connection_leaves_its_message_queued(harness:
 
 async def test_a_cancellation_inside_data_lets_the_transaction_finish_within_the_grace(harness: Harness) -> None:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
-    sink.data_delay = 0.5
-    harness.rt.mailer.grace = 10.0
-    accepted = await harness.trigger()
-    task = job(harness, accepted["id"])
-    await until(sink.in_data)
-    task.cancel()
+    accepted, task = await cancel_inside_data(harness, data_delay=0.5, grace=10.0)
     assert await task == "sent"
     view = await harness.outcome(accepted["id"])
     assert view["status"] == "sent" and view["messages"][0]["status"] == "sent"
@@ -141,12 +149,7 @@ async def test_a_cancellation_inside_data_lets_the_transaction_finish_within_the
 
 async def test_a_transaction_cut_inside_data_is_unknown_counted_and_never_resent(harness: Harness) -> None:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
-    sink.data_delay = 3.0
-    harness.rt.mailer.grace = 0.2
-    accepted = await harness.trigger()
-    task = job(harness, accepted["id"])
-    await until(sink.in_data)
-    task.cancel()
+    accepted, task = await cancel_inside_data(harness, data_delay=3.0, grace=0.2)
     with pytest.raises(asyncio.CancelledError):
         await task
     view = await harness.outcome(accepted["id"])
@@ -201,31 +204,16 @@ async def test_a_dead_workers_claim_after_data_becomes_unknown_not_resent(harnes
 
 
 @pytest.fixture
-def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str]:
-    config = tmp_path / "trigger-email.yaml"
-    config.write_text(BASE_CONFIG)
-    settings = harness.rt.settings
-    return {
-        "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "SMTP_URL": settings.smtp_url,
-        "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config),
-    }
+def cli_env(harness: Harness, tmp_path: Path) -> dict[str, str | None]:
+    return cli_environment(harness, tmp_path, SMTP_URL=harness.rt.settings.smtp_url)
 
 
 async def cut_inside_data(harness: Harness, npi: str = JANE, campaign_id: str = "asthma-launch") -> str:
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
-    sink.data_delay, harness.rt.mailer.grace = 3.0, 0.1
-    sink.in_data.clear()
-    accepted = await harness.trigger(npi=npi, campaign_id=campaign_id)
-    task = job(harness, accepted["id"])
-    await until(sink.in_data)
-    task.cancel()
+    accepted, task = await cancel_inside_data(harness, data_delay=3.0, grace=0.1, npi=npi, campaign_id=campaign_id)
     await asyncio.gather(task, return_exceptions=True)
     sink.data_delay = 0.0
     return accepted["id"]
-
-
-async def invoke(args: list[str], env: dict[str, str]) -> Any:
-    return await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
 
 
 async def test_messages_resolve_sent_records_it_and_schedules_the_resends(harness: Harness, cli_env: dict[str, str]) -> None:

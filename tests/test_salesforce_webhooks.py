@@ -474,12 +474,18 @@ async def engage(h: Harness, email: Any) -> None:
     assert response.status_code == 200
 
 
+async def pulmonologists(harness: Harness, tmp_path: Path, count: int) -> list[tuple[str, str]]:
+    """`count` Salesforce contacts (record id, NPI), each a pulmonologist in the directory."""
+    contacts = [(f"0035g{index:010d}AAA", make_npi(f"1{index:08d}")) for index in range(count)]
+    rows = "".join(f"{npi},Pat{i},Lung{i},MD,Pulmonary Disease,NJ,pat{i}@lung.example\n" for i, (_, npi) in enumerate(contacts))
+    await load_directory(harness.rt, tmp_path, "npi,first_name,last_name,credential,specialty,state,email\n" + rows)
+    return contacts
+
+
 async def test_250_activities_reach_salesforce_in_two_collection_calls(
     harness: Harness, fake: FakeSalesforce, tmp_path: Path
 ) -> None:
-    contacts = [(f"0035g{index:010d}AAA", make_npi(f"1{index:08d}")) for index in range(50)]
-    rows = "".join(f"{npi},Pat{i},Lung{i},MD,Pulmonary Disease,NJ,pat{i}@lung.example\n" for i, (_, npi) in enumerate(contacts))
-    await load_directory(harness.rt, tmp_path, "npi,first_name,last_name,credential,specialty,state,email\n" + rows)
+    contacts = await pulmonologists(harness, tmp_path, 50)
     assert (await deliver(harness, outbound_message(contacts, 1))).ack and len(harness.smtp.messages) == 50
     harness.clock.advance(timedelta(minutes=5))
     for email in harness.smtp.messages:
@@ -560,9 +566,7 @@ async def test_an_npi_field_holding_nul_ends_as_invalid_npi(harness: Harness, fa
 async def test_429_then_500s_then_a_lost_reply_leave_exactly_one_task_per_activity(
     harness: Harness, fake: FakeSalesforce, tmp_path: Path
 ) -> None:
-    contacts = [(f"0035g{index:010d}AAA", make_npi(f"1{index:08d}")) for index in range(3)]
-    rows = "".join(f"{npi},Pat{i},Lung{i},MD,Pulmonary Disease,NJ,pat{i}@lung.example\n" for i, (_, npi) in enumerate(contacts))
-    await load_directory(harness.rt, tmp_path, "npi,first_name,last_name,credential,specialty,state,email\n" + rows)
+    contacts = await pulmonologists(harness, tmp_path, 3)
     assert (await deliver(harness, outbound_message(contacts, 7))).ack
     harness.clock.advance(timedelta(minutes=5))
     await engage(harness, harness.smtp.messages[0])  # opened, 2 × clicked, unsubscribed

@@ -14,7 +14,7 @@ from core.directory import email_problem
 from core.npi import npi_problem
 from core.outbox import list_outbox, outbox_counts, paused_until, retry_dead
 from core.suppression import add_suppression, list_suppressions, remove_suppressions
-from webhooks.common import HTTPProblem, api_key_required, read_optional_json, runtime
+from webhooks.common import HTTPProblem, api_key_required, query_limit, read_optional_json, runtime
 
 
 def _json(row: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +110,8 @@ async def outbox(request: Request) -> Response:
     status = request.query_params.get("status")
     if status not in (None, "pending", "pushed", "dead"):
         raise HTTPProblem(422, "status must be pending, pushed or dead", "status")
-    limit = request.query_params.get("limit", "100")
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
-        raise HTTPProblem(422, "limit must be a number from 1 to 1000", "limit")
-    rows = await list_outbox(rt, status=status, limit=int(limit))
+    limit = query_limit(request, default=100, most=1000)
+    rows = await list_outbox(rt, status=status, limit=limit)
     paused = {crm: iso(until) for crm, until in (await paused_until(rt)).items()}
     return JSONResponse({"counts": await outbox_counts(rt), "items": [_json(row) for row in rows], "paused": paused})
 

@@ -35,6 +35,15 @@ def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
+def query_limit(request: Request, *, default: int, most: int, wording: str = "a number") -> int:
+    """`?limit=`: ASCII digits for a number from 1 to `most` (`default` when absent), else a
+    422 naming the field ("limit must be <wording> from 1 to <most>")."""
+    text = request.query_params.get("limit", str(default))
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
+        raise HTTPProblem(422, f"limit must be {wording} from 1 to {most}", "limit")
+    return int(text)
+
+
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:

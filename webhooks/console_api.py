@@ -21,7 +21,7 @@ MAX_LIMIT = 200
 
 def _limit(request: Request, default: int = 50) -> int:
     text = request.query_params.get("limit", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise HTTPProblem(422, f"limit must be a number from 1 to {MAX_LIMIT}", "limit")
     return int(text)
 

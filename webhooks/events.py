@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.console import BadQuery, get_event as read_event, list_events as read_events, parse_time
-from webhooks.common import api_key_required, problem, runtime
+from webhooks.common import api_key_required, problem, query_limit, runtime
 
 STATUSES = ("pending", "processing", "done", "failed")
 MAX_EVENT_ID = 2**31 - 1
@@ -58,13 +58,11 @@ async def list_events(request: Request) -> Response:
     source = query.get("source")
     if source is not None and len(source) > 32:
         return problem(422, "source is at most 32 characters", "source")
-    limit_text = query.get("limit", "100")
-    if not (limit_text.isascii() and limit_text.isdigit() and 1 <= int(limit_text) <= 500):
-        return problem(422, "limit must be a whole number from 1 to 500", "limit")
+    limit = query_limit(request, default=100, most=500, wording="a whole number")
     try:
         page, following = await read_events(
             runtime(request).db, source=source or None, status=status, start=parse_time(query.get("from"), "from"),
-            end=parse_time(query.get("to"), "to"), cursor=query.get("cursor") or None, limit=int(limit_text),
+            end=parse_time(query.get("to"), "to"), cursor=query.get("cursor") or None, limit=limit,
         )
     except BadQuery as exc:
         return problem(422, exc.reason, exc.field)

@@ -224,12 +224,9 @@ class FakeHubSpot:
         return self._answer(recorded, JSONResponse(body))
 
     async def _batch_create(self, request: Request) -> JSONResponse:
-        recorded, refused = await self._admit(request)
+        recorded, object_type, refused = await self._admit_object(request)
         if refused is not None:
             return refused
-        object_type = request.path_params["object_type"]
-        if object_type not in ASSOCIATION_TYPE_IDS:
-            return self._answer(recorded, _error(404, f"Unable to infer object type from: {object_type}", "OBJECT_NOT_FOUND"))
         inputs = (recorded.json or {}).get("inputs") if isinstance(recorded.json, dict) else None
         if not isinstance(inputs, list) or not inputs:
             return self._answer(recorded, _error(400, "Invalid input JSON: inputs is required", "VALIDATION_ERROR"))
@@ -268,12 +265,9 @@ class FakeHubSpot:
         return self._answer(recorded, JSONResponse(body, status_code=207 if errors else 201))
 
     async def _search(self, request: Request) -> JSONResponse:
-        recorded, refused = await self._admit(request)
+        recorded, object_type, refused = await self._admit_object(request)
         if refused is not None:
             return refused
-        object_type = request.path_params["object_type"]
-        if object_type not in ASSOCIATION_TYPE_IDS:
-            return self._answer(recorded, _error(404, f"Unable to infer object type from: {object_type}", "OBJECT_NOT_FOUND"))
         body = recorded.json if isinstance(recorded.json, dict) else {}
         groups = body.get("filterGroups") or []
         known = OBJECT_PROPERTIES[object_type] | self.custom_properties[object_type] | set(ALWAYS_RETURNED)
@@ -362,6 +356,14 @@ class FakeHubSpot:
         if trace is not None:
             created["objectWriteTraceId"] = str(trace)
         return created
+
+    async def _admit_object(self, request: Request) -> tuple[RecordedRequest, str, JSONResponse | None]:
+        """`_admit`, then HubSpot's 404 for an object type in the path that it does not know."""
+        recorded, refused = await self._admit(request)
+        object_type = request.path_params["object_type"]
+        if refused is None and object_type not in ASSOCIATION_TYPE_IDS:
+            refused = self._answer(recorded, _error(404, f"Unable to infer object type from: {object_type}", "OBJECT_NOT_FOUND"))
+        return recorded, object_type, refused
 
     async def _admit(self, request: Request) -> tuple[RecordedRequest, JSONResponse | None]:
         """Record the request, then apply auth and the failure knobs, in HubSpot's order."""

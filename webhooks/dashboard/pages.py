@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -60,6 +60,30 @@ def _until(text: str | None) -> Any:
 
     end = parse_time(text, "to")
     return end + timedelta(days=1) if end is not None and text and len(text.strip()) == 10 else end
+
+
+def _not_found(request: Request, message: str) -> HTMLResponse:
+    return render(request, "error.html", {"title": "Not found", "message": message}, status=404)
+
+
+def _paging(request: Request, following: str | None) -> dict[str, str | None]:
+    """The links under a cursor-paged list: the next page, and back to the first one."""
+    return {
+        "next_url": _query(request, cursor=following) if following else None,
+        "first_url": _query(request, cursor=None) if request.query_params.get("cursor") else None,
+    }
+
+
+async def _listing(
+    fetch: Callable[[], Awaitable[tuple[list[dict[str, Any]], str | None]]],
+) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    """One page of a filtered list: (rows, next cursor, None), or an empty page with the
+    filter's error ("field: reason") when the query is bad."""
+    try:
+        page, following = await fetch()
+    except BadQuery as exc:
+        return [], None, f"{exc.field}: {exc.reason}"
+    return page, following, None
 
 
 def _query(request: Request, **changes: Any) -> str:
@@ -166,7 +190,7 @@ async def campaign_page(request: Request) -> Response:
     rt = runtime(request)
     campaign = rt.config.campaign(request.path_params["campaign_id"])
     if campaign is None:
-        return render(request, "error.html", {"title": "Not found", "message": "No such campaign."}, status=404)
+        return _not_found(request, "No such campaign.")
     interval = request.query_params.get("interval") or "day"
     error = None
     try:
@@ -192,9 +216,9 @@ async def campaign_state(request: Request) -> Response:
     rt = runtime(request)
     campaign = rt.config.campaign(request.path_params["campaign_id"])
     if campaign is None:
-        return render(request, "error.html", {"title": "Not found", "message": "No such campaign."}, status=404)
+        return _not_found(request, "No such campaign.")
     if request.path_params["action"] not in ("pause", "resume"):
-        return render(request, "error.html", {"title": "Not found", "message": "No such action."}, status=404)
+        return _not_found(request, "No such action.")
     paused = request.path_params["action"] == "pause"
     async with rt.db.begin() as connection:
         await set_paused(connection, campaign.id, paused, rt.clock.now())
@@ -211,10 +235,8 @@ async def campaign_state(request: Request) -> Response:
 async def triggers_page(request: Request) -> Response:
     rt = runtime(request)
     query = request.query_params
-    error = None
-    page: list[dict[str, Any]] = []
-    following = None
-    try:
+
+    async def fetch() -> tuple[list[dict[str, Any]], str | None]:
         status = query.get("status") or None
         if status and status not in OUTCOMES:
             raise BadQuery("status", "unknown outcome")
@@ -222,14 +244,13 @@ async def triggers_page(request: Request) -> Response:
             npi=(query.get("npi") or "").strip() or None, campaign_id=query.get("campaign_id") or None, status=status,
             source=query.get("source") or None, start=parse_time(query.get("from"), "from"), end=_until(query.get("to")),
         )
-        page, following = await list_triggers(rt.db, where, cursor=query.get("cursor") or None, limit=PAGE_SIZE)
-    except BadQuery as exc:
-        error = f"{exc.field}: {exc.reason}"
+        return await list_triggers(rt.db, where, cursor=query.get("cursor") or None, limit=PAGE_SIZE)
+
+    page, following, error = await _listing(fetch)
     return render(request, "triggers.html", {
         "title": "Triggers", "page": page, "error": error, "q": query, "outcomes": OUTCOMES,
         "campaigns": [c.id for c in rt.config.campaigns], "sources": ["api", "cli", "hubspot", "salesforce", "webhook", "email"],
-        "next_url": _query(request, cursor=following) if following else None,
-        "first_url": _query(request, cursor=None) if query.get("cursor") else None,
+        **_paging(request, following),
     })
 
 
@@ -238,7 +259,7 @@ async def trigger_page(request: Request) -> Response:
     rt = runtime(request)
     detail = await trigger_detail(rt.db, rt.config, request.path_params["trigger_id"])
     if detail is None:
-        return render(request, "error.html", {"title": "Not found", "message": "No such trigger."}, status=404)
+        return _not_found(request, "No such trigger.")
     return render(request, "trigger.html", {"title": f"Trigger {detail['id']}", "t": detail})
 
 
@@ -249,22 +270,19 @@ async def trigger_page(request: Request) -> Response:
 async def events_page(request: Request) -> Response:
     rt = runtime(request)
     query = request.query_params
-    error = None
-    page: list[dict[str, Any]] = []
-    following = None
-    try:
-        page, following = await list_events(
+
+    async def fetch() -> tuple[list[dict[str, Any]], str | None]:
+        return await list_events(
             rt.db, source=query.get("source") or None, status=query.get("status") or None,
             start=parse_time(query.get("from"), "from"), end=_until(query.get("to")),
             cursor=query.get("cursor") or None, limit=PAGE_SIZE,
         )
-    except BadQuery as exc:
-        error = f"{exc.field}: {exc.reason}"
+
+    page, following, error = await _listing(fetch)
     crms = [name for name in ("hubspot", "salesforce", "webhook") if getattr(rt.config.crm, name, None) is not None]
     return render(request, "events.html", {
         "title": "Inbound events", "page": page, "rule_text": lambda index: rule_in_words(rt.config, index), "error": error, "q": query, "crms": crms,
-        "next_url": _query(request, cursor=following) if following else None,
-        "first_url": _query(request, cursor=None) if query.get("cursor") else None,
+        **_paging(request, following),
     })
 
 
@@ -273,7 +291,7 @@ async def event_page(request: Request) -> Response:
     text = request.path_params["event_id"]
     event = await get_event(runtime(request).db, int(text)) if text.isdigit() else None
     if event is None:
-        return render(request, "error.html", {"title": "Not found", "message": "No such event."}, status=404)
+        return _not_found(request, "No such event.")
     return render(request, "event.html", {"title": f"Event #{event['id']}", "e": event,
                                           "rule_text": lambda index: rule_in_words(runtime(request).config, index),
                                           "payload": json.dumps(event["event"], indent=2, default=str)})
@@ -286,22 +304,19 @@ async def event_page(request: Request) -> Response:
 async def outbox_view_page(request: Request) -> Response:
     rt = runtime(request)
     query = request.query_params
-    error = None
-    page: list[dict[str, Any]] = []
-    following = None
     status = query.get("status") or None
-    try:
+
+    async def fetch() -> tuple[list[dict[str, Any]], str | None]:
         if status and status not in ("pending", "pushed", "dead"):
             raise BadQuery("status", "must be pending, pushed or dead")
-        page, following = await outbox_page(rt.db, crm=query.get("crm") or None, status=status,
-                                            cursor=query.get("cursor") or None, limit=PAGE_SIZE)
-    except BadQuery as exc:
-        error = f"{exc.field}: {exc.reason}"
+        return await outbox_page(rt.db, crm=query.get("crm") or None, status=status,
+                                 cursor=query.get("cursor") or None, limit=PAGE_SIZE)
+
+    page, following, error = await _listing(fetch)
     return render(request, "outbox.html", {
         "title": "CRM outbox", "summary": await outbox_summary(rt.db, rt.clock.now()), "page": page, "error": error, "q": query,
         "retried": query.get("retried"),
-        "next_url": _query(request, cursor=following) if following else None,
-        "first_url": _query(request, cursor=None) if query.get("cursor") else None,
+        **_paging(request, following),
     })
 
 
@@ -351,7 +366,7 @@ async def mail_message(request: Request) -> Response:
     messages = await asyncio.to_thread(_captured, request)
     found = next((m for m in messages or [] if m.get("id") == request.path_params["mail_id"]), None)
     if found is None:
-        return render(request, "error.html", {"title": "Not found", "message": "No such captured email."}, status=404)
+        return _not_found(request, "No such captured email.")
     return render(request, "mail_message.html", {"title": found["subject"], "m": found})
 
 
