@@ -34,3 +34,29 @@ def format_duration(value: timedelta) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+
+
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 * 1024, "gb": 1024 ** 3}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?b)\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """`10MB`, `500KB`, `2048B` → bytes (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    raise ValueError(f"expected a size like 10MB, got {value!r}")
+
+
+def format_size(value: int) -> str:
+    for unit in ("GB", "MB", "KB"):
+        size = _SIZE_UNITS[unit.lower()]
+        if value and value % size == 0:
+            return f"{value // size}{unit}"
+    return f"{value}B"
+
+
+Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, return_type=str)]

@@ -3,16 +3,26 @@ silently widen an audience."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from config.durations import Duration
+from config.durations import Duration, Size, parse_duration
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def check_address(value: str) -> str:
+    from email.utils import parseaddr
+
+    name, address = parseaddr(value)
+    if "@" not in address:
+        raise ValueError(f"expected an address like 'Medical Information <medinfo@pharma.example>', got {value!r}")
+    return value
 
 
 class Dkim(Strict):
@@ -36,12 +46,7 @@ class Sender(Strict):
     @field_validator("from_")
     @classmethod
     def _has_address(cls, value: str) -> str:
-        from email.utils import parseaddr
-
-        name, address = parseaddr(value)
-        if "@" not in address:
-            raise ValueError(f"expected an address like 'Medical Information <medinfo@pharma.example>', got {value!r}")
-        return value
+        return check_address(value)
 
 
 class Tracking(Strict):
@@ -57,8 +62,35 @@ class PerHcpLimit(Strict):
     per: Duration
 
 
+_CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class QuietHours(Strict):
+    """No marketing email inside this window of the HCP's local time: every day from `from` to
+    `to` (may span midnight), and all day on `days`."""
+
+    from_: str | None = Field(default=None, alias="from", pattern=_CLOCK_TIME)
+    to: str | None = Field(default=None, pattern=_CLOCK_TIME)
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _both_ends(self) -> "QuietHours":
+        if (self.from_ is None) != (self.to is None):
+            raise ValueError("give both 'from' and 'to' (HH:MM), or neither")
+        if self.from_ is None and not self.days:
+            raise ValueError("give 'from' and 'to' (HH:MM), 'days', or both")
+        return self
+
+
 class Limits(Strict):
     per_hcp: PerHcpLimit | None = None
+    quiet_hours: QuietHours | None = None
+    attachment_max_size: Size = 10 * 1024 * 1024
+    """The largest single attachment (`5MB`, `500KB`); checked at config time and when fetching."""
+    attachments_max_total: Size = 20 * 1024 * 1024
+    """All attachments of one email together."""
+    attachment_fetch_timeout: Duration = timedelta(seconds=10)
 
 
 class Bounces(Strict):
@@ -176,10 +208,77 @@ class Audience(Strict):
         return [state.upper() for state in value] if value is not None else None
 
 
+class CampaignSender(Strict):
+    """Per-campaign sender: each key overrides the global `sender`'s."""
+
+    from_: str | None = Field(default=None, alias="from")
+    reply_to: str | None = None
+    postal_address: str | None = None
+
+    @field_validator("from_")
+    @classmethod
+    def _has_address(cls, value: str | None) -> str | None:
+        return check_address(value) if value is not None else None
+
+
+class AttachmentFile(Strict):
+    path: str
+    filename: str | None = None
+    content_type: str | None = None
+
+
+class SubjectVariant(Strict):
+    text: str
+    weight: float = Field(default=1.0, gt=0)
+
+
+class AbTest(Strict):
+    decide_after: str
+    """`500 sends` or a duration (`3d`) after the first send of the test."""
+    metric: Literal["click_rate", "open_rate"] = "click_rate"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+    @field_validator("decide_after")
+    @classmethod
+    def _sends_or_duration(cls, value: Any) -> str:
+        text = str(value).strip()
+        if re.fullmatch(r"\d+\s*sends?", text):
+            return text
+        try:
+            parse_duration(text)
+        except ValueError:
+            raise ValueError(f"expected '500 sends' or a duration like 3d, got {value!r}") from None
+        return text
+
+    @property
+    def sends(self) -> int | None:
+        match = re.fullmatch(r"(\d+)\s*sends?", self.decide_after)
+        return int(match.group(1)) if match else None
+
+    @property
+    def after(self) -> timedelta | None:
+        return None if self.sends is not None else parse_duration(self.decide_after)
+
+
 class Campaign(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     name: str | None = None
+    extends: str | None = None
+    """Copied from this campaign, then overridden by the keys given here (resolved by the loader)."""
     subject: str
+    subjects: list[SubjectVariant] | None = Field(default=None, min_length=2)
+    """A/B subject variants; `subject` defaults to the first one's text."""
+    ab: AbTest | None = None
+    sender: CampaignSender | None = None
+    data_example: dict[str, Any] | None = None
+    """What `data` looks like for this campaign; `config check` renders the templates with it."""
+    attachments: list[str | AttachmentFile] = Field(default_factory=list)
+    attachments_from: list[str] = Field(default_factory=list)
+    """URL globs a trigger's `data.attachments` may be fetched from."""
+    require_attachments: bool = False
+    quiet_hours: QuietHours | bool | None = None
+    """Overrides `limits.quiet_hours`; `false` turns it off, `true` applies the global one
+    (transactional campaigns ignore quiet hours unless they say so)."""
     html: str | None = None
     template: str | None = None
     kind: Literal["marketing", "transactional"] = "marketing"
@@ -189,11 +288,46 @@ class Campaign(Strict):
     paused: bool = False
     """Initial state only; pausing at run time is stored in the database."""
 
+    _version: str = PrivateAttr(default="")
+    _files: list[Any] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _subject_from_variants(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "subject" not in value and isinstance(value.get("subjects"), list):
+            first = value["subjects"][0] if value["subjects"] else None
+            if isinstance(first, dict) and isinstance(first.get("text"), str):
+                value = {**value, "subject": first["text"]}
+        return value
+
     @model_validator(mode="after")
     def _one_body(self) -> "Campaign":
         if (self.html is None) == (self.template is None):
             raise ValueError("give exactly one of 'html' (inline) or 'template' (a file)")
+        if self.ab is not None and not self.subjects:
+            raise ValueError("ab: needs 'subjects' (two or more variants)")
         return self
+
+    @property
+    def version(self) -> str:
+        """A hash of the campaign's settings (set by the loader)."""
+        return self._version
+
+    @property
+    def files(self) -> list[Any]:
+        """The static attachments, read by the loader: `Attachment`s."""
+        return self._files
+
+    def quiet(self, default: QuietHours | None) -> QuietHours | None:
+        """The quiet hours that apply: the campaign's own, else the global ones for marketing
+        campaigns (transactional mail ignores them unless it says `quiet_hours: true`)."""
+        if isinstance(self.quiet_hours, QuietHours):
+            return self.quiet_hours
+        if self.quiet_hours is False:
+            return None
+        if self.quiet_hours is True or self.kind == "marketing":
+            return default
+        return None
 
     @property
     def body(self) -> str:
@@ -237,6 +371,18 @@ class Config(Strict):
     campaigns: list[Campaign] = Field(default_factory=list)
     triggers: list[TriggerRule] = Field(default_factory=list)
     _by_id: dict[str, Campaign] | None = PrivateAttr(default=None)
+    _warnings: list[Any] = PrivateAttr(default_factory=list)
+    _text_hash: str = PrivateAttr(default="")
+
+    @property
+    def warnings(self) -> list[Any]:
+        """What `config check` shows but does not refuse (`ConfigProblem`s)."""
+        return self._warnings
+
+    @property
+    def text_hash(self) -> str:
+        """sha256 of the YAML text this config was parsed from."""
+        return self._text_hash
 
     @field_validator("public_url")
     @classmethod

@@ -48,4 +48,5 @@ def describe(campaign: Campaign, paused: bool) -> dict[str, Any]:
             if campaign.resend else None
         ),
         "audience": campaign.audience.model_dump(exclude_none=True),
+        **({"subjects": [{"text": v.text, "weight": v.weight} for v in campaign.subjects]} if campaign.subjects else {}),
     }

@@ -22,11 +22,13 @@ def tokens_for(rt: Runtime) -> Tokens:
     return tokens
 
 
-def _footer(rt: Runtime, unsubscribe_url: str | None) -> str:
+def _footer(rt: Runtime, unsubscribe_url: str | None, campaign: Campaign | None = None) -> str:
     sender = rt.config.sender
+    own = campaign.sender if campaign is not None else None
+    postal_address = (own.postal_address if own else None) or sender.postal_address
     lines = []
-    if sender.postal_address:
-        lines.append(escape(sender.postal_address))
+    if postal_address:
+        lines.append(escape(postal_address))
     if unsubscribe_url:
         lines.append(
             f'<a href="{escape(unsubscribe_url)}" data-unsubscribe="1">Unsubscribe</a> from these emails.'
@@ -43,11 +45,16 @@ def _insert_footer(html: str, footer: str) -> str:
     return html + footer if position < 0 else html[:position] + footer + html[position:]
 
 
-def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign) -> tuple[OutgoingEmail, Message]:
+def compose(
+    rt: Runtime, message: dict[str, Any], campaign: Campaign, attachments: list[tuple[str, str, bytes]] | None = None
+) -> tuple[OutgoingEmail, Message]:
     config = rt.config
     tokens = tokens_for(rt)
     public_url = config.public_url
-    sender_address = parseaddr(config.sender.from_)[1]
+    own = campaign.sender
+    sender_from = (own.from_ if own else None) or config.sender.from_
+    reply_to = (own.reply_to if own else None) or config.sender.reply_to
+    sender_address = parseaddr(sender_from)[1]
     sender_domain = sender_address.rpartition("@")[2]
     headers: dict[str, str] = {"X-Trigger-Email-Token": tokens.bounce(message["id"])}
     unsubscribe_url = None
@@ -57,7 +64,7 @@ def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign) -> tuple[O
         mailto = config.sender.unsubscribe_mailto or f"unsubscribe@{config.sender.bounce_domain or sender_domain}"
         headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}?subject=unsubscribe-{tokens.bounce(message['id'])}>"
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    document = parse_html(_insert_footer(message["html"] or "", _footer(rt, unsubscribe_url)))
+    document = parse_html(_insert_footer(message["html"] or "", _footer(rt, unsubscribe_url, campaign)))
     text = html_to_text(document)
     tracked = track_html(
         document, message_id=message["id"], tokens=tokens, public_url=public_url,
@@ -68,14 +75,15 @@ def compose(rt: Runtime, message: dict[str, Any], campaign: Campaign) -> tuple[O
         f"bounce+{tokens.bounce(message['id'])}@{config.sender.bounce_domain}" if config.sender.bounce_domain else sender_address
     )
     email = OutgoingEmail(
-        sender=config.sender.from_,
+        sender=sender_from,
         to=message["to_address"],
         subject=message["subject"],
         html=tracked.html,
         text=text,
         date=rt.clock.now(),
         envelope_from=envelope_from,
-        reply_to=config.sender.reply_to,
+        reply_to=reply_to,
         headers=headers,
+        attachments=attachments or [],
     )
     return email, email.to_mime()

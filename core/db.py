@@ -69,6 +69,7 @@ hcps = Table(
     Column("state", String(2), nullable=False, default=""),
     Column("send_seq", Integer, nullable=False, default=0),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("timezone", String(64)),  # IANA zone for quiet hours; else from the state (revision 0008)
 )
 
 hcp_emails = Table(
@@ -166,6 +167,9 @@ messages = Table(
     Column("claimed_until", UTCDateTime),
     Column("smtp_started_at", UTCDateTime),
     Column("claim_seq", Integer, nullable=False, default=0, server_default="0"),
+    # campaign authoring (revision 0008): the campaign version and A/B subject variant sent
+    Column("campaign_version", String(16)),
+    Column("variant", Integer),
     Index("ix_messages_trigger_id", "trigger_id"),
     Index("ix_messages_npi_campaign_id", "npi", "campaign_id"),
     Index("ix_messages_npi_created_at", "npi", "created_at"),
@@ -306,6 +310,36 @@ receiving_domains = Table(
 )
 """Per receiving domain (grouped by mail provider): the blocks it answered lately and the
 throttle or pause they caused. The deliverability view and the send path read it."""
+
+campaign_versions = Table(
+    "campaign_versions",
+    metadata,
+    Column("campaign_id", String(128), primary_key=True),
+    Column("version", String(16), primary_key=True),
+    Column("took_effect_at", UTCDateTime, nullable=False),
+    Column("subject", Text),
+)
+
+config_loads = Table(
+    "config_loads",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("text_hash", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("source", String(500)),
+    Column("loaded_at", UTCDateTime, nullable=False),
+)
+
+ab_decisions = Table(
+    "ab_decisions",
+    metadata,
+    Column("campaign_id", String(128), primary_key=True),
+    Column("subjects_hash", String(16), nullable=False),
+    Column("winner", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("figures", JSON, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=False),
+)
 
 
 def new_id(prefix: str) -> str:

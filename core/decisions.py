@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import and_, bindparam, case, func, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
@@ -29,7 +29,9 @@ from core.errors import describe_error
 from core.npi import npi_problem
 from core.metrics import TRIGGERS
 from core.queue import SEND_MESSAGE
+from core.quiet_hours import hold_reason, quiet_until
 from core.render import render_campaign
+from core.variants import pick_variant, winners_of
 from core.runtime import Runtime
 from core.suppression import suppression_check
 
@@ -64,11 +66,14 @@ def _history_statement(uncapped: tuple[str, ...]) -> Any:
     capped = moment >= bindparam("since", type_=messages.c.created_at.type)
     if uncapped:
         capped = and_(capped, messages.c.campaign_id.not_in(uncapped))
+    # An initial email held for quiet hours counts as sent: a second trigger in the window
+    # must not queue a second email.
+    held = and_(messages.c.status == "scheduled", messages.c.kind == "initial")
     return select(
         func.max(case((mine, moment))),
         func.max(case((mine, messages.c.opened_at))),
         func.count(case((capped, 1))),
-    ).where(messages.c.npi == bindparam("npi"), messages.c.status.in_(ACTIVE))
+    ).where(messages.c.npi == bindparam("npi"), or_(messages.c.status.in_(ACTIVE), held))
 
 
 async def contact_history(
@@ -153,14 +158,14 @@ async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Dec
                 return None
             lease_until = now + timedelta(seconds=rt.settings.claim_lease) if send_now else None
             trail: list[dict[str, Any]] = []
-            decision = await _decide(connection, rt.config, trigger, now, lease_until=lease_until, trail=trail)
+            decision = await _decide(connection, rt.config, trigger, now, lease_until=lease_until, trail=trail, rt=rt)
             await connection.execute(
                 _SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason, "trail": trail}
             )
     except Exception as exc:  # noqa: BLE001 - a poison trigger is retried a bounded number of times, then failed
         log.exception("trigger %s: the decision raised", trigger_id)
         return await decision_failed(rt, trigger_id, describe_error(exc))
-    if decision.message_id and not send_now:
+    if decision.message_id and not send_now and decision.status == "queued":
         await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
     TRIGGERS.labels(decision.status).inc()
     log.info("trigger %s → %s (%s)", trigger_id, decision.status, decision.reason)
@@ -204,6 +209,7 @@ async def decision_failed(rt: Runtime, trigger_id: str, error: str) -> Decision 
 async def _decide(
     connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, lease_until: datetime | None = None,
     trail: list[dict[str, Any]] | None = None,
+    rt: Runtime | None = None,
 ) -> Decision:
     """Run the checks in order; each one, passed or failed, is appended to `trail`."""
     trail = [] if trail is None else trail
@@ -299,16 +305,36 @@ async def _decide(
         + (f"; {len(book) - 1} other address(es) on file" if len(book) > 1 and not passed_over else ""),
         address=address, candidates=_candidates(book, blocked),
     )
+    data = trigger["data"] or {}
+    if campaign.require_attachments and not campaign.files and not data.get("attachments"):
+        why = "require_attachments: the campaign has no attachments and the trigger's data.attachments is empty"
+        _step(trail, "attachments", False, why)
+        return Decision("failed", why)
+    variant = None
+    if campaign.subjects:
+        winner = await winners_of(rt).winner(connection, campaign) if rt is not None and campaign.ab else None
+        variant = pick_variant(campaign, npi, winner)
+        _step(trail, "subject_variant", True, f"A/B variant {variant}" + (" (the decided winner)" if winner is not None else ""),
+              variant=variant)
     try:
-        rendered = render_campaign(campaign, hcp, trigger["data"] or {})
+        rendered = render_campaign(campaign, hcp, data, variant=variant)
     except TemplateError as exc:
         trail.append({"check": "render", "result": "fail", "detail": f"template error: {exc}"})
         return Decision("failed", f"template error: {exc}")
+    window = campaign.quiet(config.limits.quiet_hours)
+    until = quiet_until(window, hcp, now) if window is not None else None
     row: dict[str, Any] = {
         "id": new_id("msg"), "trigger_id": trigger["id"], "npi": npi, "campaign_id": campaign.id, "kind": "initial",
         "seq": 0, "to_address": address, "subject": rendered.subject, "html": rendered.html,
         "status": "queued", "attempts": 0, "claimed_until": lease_until, "created_at": now,
+        "campaign_version": campaign.version, "variant": variant,
     }
+    if until is not None:
+        reason = hold_reason(window, hcp, until)  # type: ignore[arg-type]
+        trail.append({"check": "quiet_hours", "result": "hold", "detail": reason, "until": iso(until)})
+        row.update(status="scheduled", claimed_until=None, due_at=until, error=reason)
+        await connection.execute(messages.insert(), row)
+        return Decision("scheduled", reason, row["id"])
     await connection.execute(messages.insert(), row)
     return Decision("queued", f"queued to {address}", row["id"])
 

@@ -23,6 +23,7 @@ from core.names import decode_encoded_words
 from core.npi import npi_problem
 
 COLUMNS = ["npi", "first_name", "last_name", "credential", "specialty", "state", "email"]
+"""Plus an optional `timezone` column (IANA name) used for quiet hours."""
 REQUIRED = {"npi", "email"}
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 SOURCE_PRIORITY = {"directory": 0}
@@ -103,7 +104,20 @@ def _validate(row: _Row) -> str | None:
     state = row.values.get("state", "")
     if state and not re.fullmatch(r"[A-Za-z]{2}", state):
         return f"state must be a 2-letter code, got {state!r}"
+    zone = row.values.get("timezone", "")
+    if zone and not known_zone(zone):
+        return f"timezone must be an IANA zone like America/New_York, got {zone!r}"
     return None
+
+
+def known_zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 async def import_csv(
@@ -193,6 +207,7 @@ async def _write_rows(db: Database, batch: list[_Row], now: datetime, report: Im
             "credential": values.get("credential", ""),
             "specialty": values.get("specialty", ""),
             "state": values.get("state", "").upper(),
+            "timezone": values.get("timezone") or None,
             "send_seq": 0,
             "updated_at": now,
         }
@@ -210,7 +225,7 @@ async def _write_rows(db: Database, batch: list[_Row], now: datetime, report: Im
             return
         await connection.execute(
             upsert(connection, hcps, conflict=["npi"],
-                   update=["first_name", "last_name", "credential", "specialty", "state", "updated_at"]),
+                   update=["first_name", "last_name", "credential", "specialty", "state", "timezone", "updated_at"]),
             list(people.values()),
         )
         if addresses:
@@ -239,13 +254,16 @@ async def _copy_upsert(connection: AsyncConnection, people: list[dict[str, Any]]
     stamp = people[0]["updated_at"].astimezone(timezone.utc).replace(tzinfo=None) if people else None
     await pg.copy_records_to_table(
         "import_hcps",
-        records=[(p["npi"], p["first_name"], p["last_name"], p["credential"], p["specialty"], p["state"], 0, stamp) for p in people],
-        columns=["npi", "first_name", "last_name", "credential", "specialty", "state", "send_seq", "updated_at"],
+        records=[
+            (p["npi"], p["first_name"], p["last_name"], p["credential"], p["specialty"], p["state"], 0, stamp, p["timezone"])
+            for p in people
+        ],
+        columns=["npi", "first_name", "last_name", "credential", "specialty", "state", "send_seq", "updated_at", "timezone"],
     )
     await pg.execute(
         "INSERT INTO hcps SELECT * FROM import_hcps ON CONFLICT (npi) DO UPDATE SET first_name = EXCLUDED.first_name,"
         " last_name = EXCLUDED.last_name, credential = EXCLUDED.credential, specialty = EXCLUDED.specialty,"
-        " state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
+        " state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, timezone = EXCLUDED.timezone"
     )
     if addresses:
         await pg.copy_records_to_table(

@@ -21,12 +21,17 @@ class Rendered:
 
 
 def render_campaign(
-    campaign: Campaign, hcp: Mapping[str, Any], data: Mapping[str, Any], *, resend: bool = False
+    campaign: Campaign, hcp: Mapping[str, Any], data: Mapping[str, Any], *, resend: bool = False,
+    variant: int | None = None,
 ) -> Rendered:
+    """`variant` picks an A/B subject from `subjects`."""
     people = {key: decode_encoded_words(value) if isinstance(value, str) and "=?" in value else value
               for key, value in hcp.items()}
     context = {"hcp": people, "data": dict(data), "campaign": campaign.model_dump(by_alias=True)}
-    subject = _one_line(render(campaign.subject, html=False, **context))
+    source = campaign.subject
+    if variant is not None and campaign.subjects and 0 <= variant < len(campaign.subjects):
+        source = campaign.subjects[variant].text
+    subject = _one_line(render(source, html=False, **context))
     if resend and campaign.resend and campaign.resend.subject:
         subject = _one_line(render(campaign.resend.subject, html=False, subject=subject, **context))
     html = render(campaign.body, html=True, subject=subject, **context)

@@ -36,6 +36,9 @@ class Runtime:
         leases = self.extras.get("leases")
         if leases is not None:
             leases.close()
+        attachment_http = self.extras.pop("attachment_http", None)
+        if attachment_http is not None:
+            await attachment_http.aclose()
         await self.mailer.aclose()
         if self.queue.redis is not None:
             await self.queue.redis.aclose()

@@ -17,13 +17,15 @@ from typing import Any, Awaitable, Callable
 from jinja2 import TemplateError
 from sqlalchemy import func, select, update
 
-from core.campaigns import is_paused
+from core.campaigns import is_paused, paused_ids
 from core.db import inbound_events, messages, triggers
 from core.decisions import pick_address
 from core.directory import get_hcp
 from core.metrics import MESSAGES
 from core.queue import PROCESS_INBOUND, PROCESS_TRIGGER, SEND_MESSAGE
+from core.quiet_hours import hold_reason, quiet_until
 from core.render import render_campaign
+from core.variants import ab_step
 from core.runtime import Runtime
 from core.sending import mark_trigger_unknown
 from core.suppression import suppression_reason
@@ -58,6 +60,11 @@ async def promote_resend(rt: Runtime, message_id: str) -> str | None:
         trigger = (await connection.execute(select(triggers).where(triggers.c.id == message["trigger_id"]))).mappings().one()
         status, values = await _resend_plan(rt, connection, message, trigger)
         await connection.execute(update(messages).where(messages.c.id == message_id).values(status=status, **values))
+        if message["kind"] == "initial" and status != "scheduled":
+            # An email held for quiet hours: its trigger now shows what became of it.
+            outcome = {"queued": "queued", "failed": "failed"}.get(status, "cancelled")
+            why = f"queued to {values['to_address']}" if status == "queued" else values.get("error")
+            await connection.execute(update(triggers).where(triggers.c.id == trigger["id"]).values(status=outcome, reason=why))
     if status == "queued":
         await rt.queue.enqueue(SEND_MESSAGE, message_id, job_id=f"send:{message_id}:0")
     log.info("resend %s → %s %s", message_id, status, values.get("error", ""))
@@ -65,9 +72,13 @@ async def promote_resend(rt: Runtime, message_id: str) -> str | None:
 
 
 async def _resend_plan(rt: Runtime, connection: Any, message: Any, trigger: Any) -> tuple[str, dict[str, Any]]:
+    """What a due `scheduled` message (a resend, or an email held for quiet hours) becomes.
+    A pause holds it (never cancels it): it goes out after resume if still eligible."""
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return "cancelled", {"error": "campaign no longer in the config", "due_at": None}
+    if await is_paused(connection, campaign):
+        return "scheduled", {"error": f"held: campaign {campaign.id} is paused; goes out after resume if still eligible"}
     column = engagement_column(rt.config)
     engaged_count = (
         await connection.execute(select(func.count()).where(messages.c.trigger_id == trigger["id"], column.is_not(None)))
@@ -77,17 +88,31 @@ async def _resend_plan(rt: Runtime, connection: Any, message: Any, trigger: Any)
     reason = await suppression_reason(connection, message["npi"], campaign)
     if reason:
         return "cancelled", {"error": f"suppressed: {reason}", "due_at": None}
-    if await is_paused(connection, campaign):
-        return "cancelled", {"error": f"campaign {campaign.id} is paused", "due_at": None}
     address = await pick_address(connection, message["npi"], campaign)
     if address is None:
         return "cancelled", {"error": "no deliverable address left", "due_at": None}
-    hcp = await get_hcp(connection, message["npi"])
+    hcp = await get_hcp(connection, message["npi"]) or {}
+    window = campaign.quiet(rt.config.limits.quiet_hours)
+    until = quiet_until(window, hcp, rt.clock.now()) if window is not None else None
+    if until is not None:
+        return "scheduled", {"due_at": until, "error": hold_reason(window, hcp, until)}  # type: ignore[arg-type]
+    variant = message["variant"]
+    if message["kind"] != "initial" and campaign.subjects:
+        variant = (
+            await connection.execute(
+                select(messages.c.variant).where(messages.c.trigger_id == trigger["id"], messages.c.kind == "initial")
+            )
+        ).scalar()
     try:
-        rendered = render_campaign(campaign, hcp or {}, trigger["data"] or {}, resend=True)
+        rendered = render_campaign(
+            campaign, hcp, trigger["data"] or {}, resend=message["kind"] != "initial", variant=variant
+        )
     except TemplateError as exc:
         return "failed", {"error": f"template error: {exc}", "due_at": None}
-    return "queued", {"to_address": address, "subject": rendered.subject, "html": rendered.html, "due_at": None}
+    return "queued", {
+        "to_address": address, "subject": rendered.subject, "html": rendered.html, "due_at": None, "error": None,
+        "campaign_version": campaign.version, "variant": variant,
+    }
 
 
 async def expire_claims(rt: Runtime) -> tuple[int, int]:
@@ -143,15 +168,19 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
     done = {"resends": 0, "retries": 0, "lost_triggers": 0, "inbound": 0, "unknown": 0, "released": 0}
     done["released"], done["unknown"] = await expire_claims(rt)
     async with rt.db.connect() as connection:
+        # A paused campaign's due resends and retries wait in the database (not cancelled):
+        # they are picked up again after resume.
+        held = tuple(await paused_ids(connection, rt.config))
+        not_held = messages.c.campaign_id.not_in(held) if held else messages.c.id.is_not(None)
         due_resends = (
             await connection.execute(
-                select(messages.c.id).where(messages.c.status == "scheduled", messages.c.due_at <= now).limit(BATCH)
+                select(messages.c.id).where(messages.c.status == "scheduled", messages.c.due_at <= now, not_held).limit(BATCH)
             )
         ).scalars().all()
         retries = (
             await connection.execute(
                 select(messages.c.id, messages.c.attempts).where(
-                    messages.c.status == "queued",
+                    messages.c.status == "queued", not_held,
                     messages.c.claimed_until.is_(None) | (messages.c.claimed_until <= now),
                     ((messages.c.due_at.is_not(None)) & (messages.c.due_at <= now))
                     | ((messages.c.due_at.is_(None)) & (messages.c.created_at <= now - LOST_AFTER)),
@@ -206,6 +235,7 @@ async def sweep(rt: Runtime, extra_steps: list[SweepStep] | None = None) -> dict
             .where(inbound_events.c.status == "processing", inbound_events.c.processed_at <= now - PROCESSING_STUCK_AFTER)
             .values(status="pending", due_at=now + timedelta(minutes=1))
         )
+    done["ab_decided"] = await ab_step(rt)
     for step in extra_steps or []:
         await step(rt)
     return done

@@ -30,6 +30,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
+from core.attachments import gather as gather_attachments
 from core.compose import compose
 from core.db import engagement_events, messages, new_id, triggers
 from core.decisions import pick_address
@@ -238,7 +239,12 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
         started = True
 
     try:
-        email, mime = compose(rt, message, campaign)
+        files, missing = await gather_attachments(rt, message, campaign)
+        if missing and campaign.require_attachments:
+            return await _finish_failed(rt, message, "require_attachments: " + "; ".join(missing))
+        if missing:
+            log.warning("message %s goes without attachment(s): %s", message["id"], "; ".join(missing))
+        email, mime = compose(rt, message, campaign, files)
         raw = rt.mailer.wire_bytes(mime)
         # The receiving domain's pace (per worker): its concurrency and rate, slowed after
         # a rate answer.

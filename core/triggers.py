@@ -207,4 +207,6 @@ def message_view(message: Any) -> dict[str, Any]:
         "bounced": message["bounced_at"] is not None,
         "bounce_reason": message["bounce_reason"],
         "unsubscribed": message["unsubscribed_at"] is not None,
+        "campaign_version": message["campaign_version"],
+        "variant": message["variant"],
     }

@@ -67,7 +67,7 @@ def test_unknown_key_unknown_campaign_and_missing_env_are_all_reported(config_di
     text = VALID.replace("cooldown: 12h", "cooldown: 12h\n    colour: blue").replace("send: asthma-launch", "send: asthma")
     found = problems(text, config_dir)
     assert "campaigns[1].colour: unknown key" in found
-    assert "triggers[0].send: unknown campaign 'asthma'" in found
+    assert "triggers[0].send: unknown campaign 'asthma'; did you mean `asthma-launch`?" in found
     assert "crm.hubspot.access_token: environment variable HS_TOKEN is not set" in found
 
 
@@ -103,3 +103,49 @@ def test_shipped_example_config_is_valid() -> None:
         "TRIGGER_EMAIL_CONFIG": "", "HUBSPOT_CLIENT_SECRET": "h" * 24, "SF_EVENTS_SECRET": "s" * 24,
     })
     assert result.exit_code == 0, result.output
+
+
+EXTENDS = """
+public_url: https://trigger.pharma.example
+sender: {from: "Medical Information <medinfo@pharma.example>"}
+campaigns:
+  - id: base
+    subject: "Base {{ hcp.last_name }}"
+    html: "<p>Base</p>"
+    cooldown: 12h
+    resend: {after: 3d}
+  - {id: child, extends: base, template: templates/asthma.html, paused: true}
+  - {id: grandchild, extends: child, subjects: [{text: A}, {text: B}], ab: {decide_after: 3d}}
+  - {id: loop-a, extends: loop-b, subject: A, html: x}
+  - {id: loop-b, extends: loop-a, subject: B, html: y}
+"""
+
+
+def test_extends_copies_overrides_and_replaces_alternatives(config_dir: Path) -> None:
+    found = problems(EXTENDS, config_dir)
+    assert found == [
+        "campaigns[3].extends: extends loops: loop-a → loop-b → loop-a",
+        "campaigns[4].extends: extends loops: loop-b → loop-a → loop-b",
+    ]
+    text = "\n".join(line for line in EXTENDS.splitlines() if "loop-" not in line)
+    config = parse_config(text, base=config_dir, env={})
+    child, grandchild = config.campaign("child"), config.campaign("grandchild")
+    assert child is not None and grandchild is not None
+    assert child.template == "templates/asthma.html" and "Dear Dr." in child.body  # template replaced html
+    assert child.cooldown.total_seconds() == 12 * 3600 and child.resend is not None  # copied
+    assert child.subject == "Base {{ hcp.last_name }}" and child.paused
+    assert [v.text for v in grandchild.subjects or []] == ["A", "B"] and grandchild.subject == "A"
+    assert grandchild.ab is not None and grandchild.ab.after is not None and grandchild.ab.after.days == 3
+
+
+def test_campaign_versions_hash_the_settings(config_dir: Path) -> None:
+    first = load_config(config_dir / "trigger-email.yaml", env={"HS_TOKEN": "x"})
+    again = load_config(config_dir / "trigger-email.yaml", env={"HS_TOKEN": "x"})
+    assert [c.version for c in first.campaigns] == [c.version for c in again.campaigns]
+    assert len(first.campaign("cardio").version) == 12  # type: ignore[union-attr]
+    (config_dir / "templates" / "asthma.html").write_text("<p>Dear Dr. {{ hcp.last_name }}, new text</p>")
+    edited = load_config(config_dir / "trigger-email.yaml", env={"HS_TOKEN": "x"})
+    assert edited.campaign("asthma-launch").version != first.campaign("asthma-launch").version  # type: ignore[union-attr]
+    assert edited.campaign("cardio").version == first.campaign("cardio").version  # type: ignore[union-attr]
+    paused = parse_config(VALID.replace("cooldown: 12h", "cooldown: 12h\n    paused: true"), base=config_dir, env={"HS_TOKEN": "x"})
+    assert paused.campaign("cardio").version == first.campaign("cardio").version  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ backoff, resends follow `resend.after` up to `max`, SMTP URLs with TLS and auth.
 from __future__ import annotations
 
 import ssl
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -77,12 +78,38 @@ async def test_resends_follow_after_and_stop_at_max(harness: Harness) -> None:
     assert all(m["status"] == "sent" for m in final["messages"])
 
 
-async def test_resend_held_back_when_the_campaign_is_paused(harness: Harness) -> None:
+async def test_pause_holds_a_due_resend_and_resume_releases_it(harness: Harness) -> None:
     result = await harness.send()
     await harness.client.post("/v1/campaigns/asthma-launch/pause", headers=harness.auth)
-    await harness.later(days=3)
+    await harness.later(days=3)  # the resend falls due while paused
+    await harness.later(days=2)
+    held = (await harness.outcome(result["id"]))["messages"][1]
+    assert held["status"] == "scheduled"  # waiting, not cancelled
+    assert held["error"] is None or "paused" in held["error"]
+    assert len(harness.smtp.messages) == 1
+    await harness.client.post("/v1/campaigns/asthma-launch/resume", headers=harness.auth)
+    await harness.later(seconds=1)
     final = await harness.outcome(result["id"])
-    assert final["messages"][1]["status"] == "cancelled"
+    assert final["messages"][1]["status"] == "sent"
+    assert len(harness.smtp.messages) == 2
+    assert harness.smtp.messages[1]["Subject"].startswith("In case you missed it:")
+
+
+async def test_a_held_resend_that_is_no_longer_eligible_after_resume_says_why(harness: Harness) -> None:
+    from core.scheduler import promote_resend
+
+    result = await harness.send()
+    await harness.client.post("/v1/campaigns/asthma-launch/pause", headers=harness.auth)
+    harness.clock.advance(timedelta(days=3))
+    resend_id = (await harness.outcome(result["id"]))["messages"][1]["id"]
+    assert await promote_resend(harness.rt, resend_id) == "scheduled"  # even when asked directly
+    held = (await harness.outcome(result["id"]))["messages"][1]
+    assert held["status"] == "scheduled" and "campaign asthma-launch is paused" in held["error"]
+    await harness.client.post("/v1/suppressions", json={"npi": JANE, "reason": "unsubscribed"}, headers=harness.auth)
+    await harness.client.post("/v1/campaigns/asthma-launch/resume", headers=harness.auth)
+    await harness.later(seconds=1)
+    final = (await harness.outcome(result["id"]))["messages"][1]
+    assert final["status"] == "cancelled" and final["error"].startswith("suppressed")
     assert len(harness.smtp.messages) == 1
 
 
@@ -144,3 +171,18 @@ async def test_non_ascii_names_survive_headers_and_bodies(harness: Harness, tmp_
     assert "Zoë Ångström" in email.get_body(("html",)).get_content()
     assert "Zoë Ångström" in email.get_body(("plain",)).get_content()
     assert all(byte < 128 for byte in harness.smtp.raw[0])  # 7-bit clean on the wire
+
+
+async def test_pause_holds_a_retry_and_resume_releases_it(harness: Harness) -> None:
+    harness.smtp.defer["jane.doe@clinic.example"] = 1  # greylisted once: a retry in 30 s
+    result = await harness.send()
+    assert result["messages"][0]["status"] == "queued"
+    await harness.client.post("/v1/campaigns/asthma-launch/pause", headers=harness.auth)
+    await harness.later(minutes=5)
+    held = (await harness.outcome(result["id"]))["messages"][0]
+    assert held["status"] == "queued" and held["attempts"] == 1  # not retried while paused, not cancelled
+    assert harness.smtp.messages == []
+    await harness.client.post("/v1/campaigns/asthma-launch/resume", headers=harness.auth)
+    await harness.later(seconds=1)
+    assert (await harness.outcome(result["id"]))["status"] == "sent"
+    assert len(harness.smtp.messages) == 1

@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-config_app = typer.Typer(help="Check the YAML config.", no_args_is_help=True)
+config_app = typer.Typer(help="Check the YAML config; reload it into running processes.", no_args_is_help=True)
 directory_app = typer.Typer(help="The HCP directory.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys for /v1.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Pause and resume campaigns.", no_args_is_help=True)
@@ -55,10 +55,16 @@ def _config(path: str | None = None):  # type: ignore[no-untyped-def]
     try:
         return load_config(path or _settings().trigger_email_config)
     except ConfigError as error:
-        err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
-        for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+        _print_config_error(error)
         raise typer.Exit(1) from None
+
+
+def _print_config_error(error: ConfigError) -> None:
+    err.print(f"[red]config error[/red] in {error.source}: {len(error.problems)} problem(s)", highlight=False)
+    for problem in error.problems:
+        err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+    for warning in error.warnings:
+        err.print(f"  warning: {warning}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _production_settings() -> Settings:
@@ -113,9 +119,11 @@ def _logging(level: str, log_format: str = "text") -> None:
 def config_check(file: Optional[Path] = typer.Argument(None, help="The config file (default: $TRIGGER_EMAIL_CONFIG or the example).")) -> None:
     """Validate a config file: every error with its path, exit 1; or a summary, exit 0.
     Weak secrets (short, or published in this repository) are warned about."""
+    from config import format_duration
     from config.secrets import secret_warnings
 
     config = _config(str(file) if file else None)
+    warnings = [str(warning) for warning in config.warnings] + run(_directory_warnings(config))
     crms = [name for name in ("hubspot", "salesforce", "webhook") if getattr(config.crm, name) is not None]
     out.print(
         f"OK: {len(config.campaigns)} campaign(s), {len(config.triggers)} trigger rule(s), "
@@ -123,10 +131,96 @@ def config_check(file: Optional[Path] = typer.Argument(None, help="The config fi
         highlight=False,
     )
     for campaign in config.campaigns:
-        resend = f", resend after {campaign.resend.after} ×{campaign.resend.max}" if campaign.resend else ""
-        out.print(f"  {campaign.id} ({campaign.kind}): cooldown {campaign.cooldown}{resend}", highlight=False, markup=False)
+        resend = f", resend after {format_duration(campaign.resend.after)} ×{campaign.resend.max}" if campaign.resend else ""
+        variants = f", {len(campaign.subjects)} subject variants" if campaign.subjects else ""
+        files = f", {len(campaign.files)} attachment(s)" if campaign.files else ""
+        out.print(
+            f"  {campaign.id} ({campaign.kind}): cooldown {format_duration(campaign.cooldown)}{resend}{variants}{files}"
+            f", version {campaign.version}",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+    for warning in warnings:
+        out.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     for warning in secret_warnings(config, secret_key=_settings().secret_key or None):
         err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+
+
+@config_app.command("reload")
+def config_reload(file: Optional[Path] = typer.Argument(None, help="The config file (default: $TRIGGER_EMAIL_CONFIG).")) -> None:
+    """Check the config file and, if valid, make every running serve and worker use it (no
+    restart). A file with errors changes nothing: the problems are printed, exit 1."""
+    import logging as _logging_module
+
+    from core import live_config
+
+    settings = _settings()
+    chosen = str(file) if file else settings.trigger_email_config
+    try:
+        config, text = live_config.checked(chosen)
+    except ConfigError as error:
+        _logging_module.getLogger("trigger_email").error("config reload refused: %s", error)
+        err.print("config reload refused, the running config stays:", highlight=False)
+        _print_config_error(error)
+        raise typer.Exit(1) from None
+
+    async def go() -> int:
+        from core.runtime import build_runtime
+
+        rt = await build_runtime(settings, config=config, connect_redis=True)
+        try:
+            return await live_config.publish(rt, config, text, str(Path(chosen or "").resolve() if chosen else "example"))
+        finally:
+            await rt.aclose()
+
+    load_id = run(go())
+    out.print(f"config reloaded (load {load_id}, sha256 {config.text_hash[:12]}); running processes follow within seconds",
+              highlight=False, soft_wrap=True)
+    for campaign in config.campaigns:
+        out.print(f"  {campaign.id}: version {campaign.version}", highlight=False, markup=False)
+    for warning in config.warnings:
+        out.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+
+
+async def _directory_warnings(config: Any) -> list[str]:
+    """Audience specialties no HCP in the loaded directory has (a typo reaches nobody).
+    Silent when there is no database or no directory yet."""
+    from sqlalchemy import select
+    from sqlalchemy.engine import make_url
+
+    from config.templating import nearest
+    from core.db import Database, hcps
+
+    wanted = [(index, c.audience.specialties or []) for index, c in enumerate(config.campaigns)]
+    if not any(specialties for _index, specialties in wanted):
+        return []
+    url = _settings().database_url
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    except Exception:  # noqa: BLE001
+        return []
+    if parsed.drivername.startswith("sqlite") and not (parsed.database and Path(parsed.database).is_file()):
+        return []  # do not create a database file just to look into it
+    db = Database(url)
+    try:
+        async with db.connect() as connection:
+            known = set((await connection.execute(select(hcps.c.specialty).distinct())).scalars())
+    except Exception:  # noqa: BLE001 - no database here: nothing to compare with
+        return []
+    finally:
+        await db.dispose()
+    known.discard("")
+    if not known:
+        return []
+    warnings = []
+    for index, specialties in wanted:
+        for position, specialty in enumerate(specialties):
+            if specialty not in known:
+                guess = nearest(specialty, known)
+                hint = f"; did you mean `{guess}`?" if guess else ""
+                warnings.append(
+                    f"campaigns[{index}].audience.specialties[{position}]: no HCP in the directory has specialty {specialty!r}{hint}"
+                )
+    return warnings
 
 
 @directory_app.command("import")
@@ -612,9 +706,7 @@ def dev(
     except KeyboardInterrupt:
         pass
     except ConfigError as error:
-        err.print(f"[red]config error[/red] in {error.source}:", highlight=False)
-        for problem in error.problems:
-            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+        _print_config_error(error)
         raise typer.Exit(1) from None
 
 

@@ -130,9 +130,13 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
         )
     worker_task = asyncio.create_task(worker.main())
     stop_on_signals(server)
+    from core import live_config
+
+    live_config.start(rt)  # `config reload` and SIGHUP reach dev too
     try:
         await server.serve(sockets=[listener])
     finally:
+        await live_config.stop(rt)
         worker_task.cancel()
         try:
             await worker_task

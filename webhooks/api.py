@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.clock import iso
 from core.campaigns import describe, is_paused, paused_ids, set_paused
 from core.npi import npi_problem
 from core.triggers import IdempotencyMismatch, accept_trigger, storage_problem, trigger_view
@@ -107,14 +108,27 @@ async def get_trigger(request: Request) -> Response:
 @api_key_required
 async def list_campaigns(request: Request) -> Response:
     """
-    summary: Campaigns from the config with their live / paused state
+    summary: "Campaigns from the config with their live / paused state, version and when it took effect"
     responses:
       200: {description: "{campaigns: [...]}"}
     """
+    from core.live_config import versions
+
     rt = runtime(request)
+    config = rt.config
     async with rt.db.connect() as connection:
-        paused = await paused_ids(connection, rt.config)
-    return JSONResponse({"campaigns": [describe(c, c.id in paused) for c in rt.config.campaigns]})
+        paused = await paused_ids(connection, config)
+    history = await versions(rt)
+    listed = []
+    for campaign in config.campaigns:
+        view = describe(campaign, campaign.id in paused)
+        mine = history.get(campaign.id, [])
+        current = next((item for item in mine if item["version"] == campaign.version), None)
+        view["version"] = campaign.version
+        view["version_since"] = iso(current["took_effect_at"]) if current else None
+        view["versions"] = [{"version": item["version"], "took_effect_at": iso(item["took_effect_at"])} for item in mine[:20]]
+        listed.append(view)
+    return JSONResponse({"campaigns": listed})
 
 
 async def _set_state(request: Request, paused: bool) -> Response:
@@ -131,7 +145,7 @@ async def _set_state(request: Request, paused: bool) -> Response:
 @api_key_required
 async def pause_campaign(request: Request) -> Response:
     """
-    summary: Pause a campaign; its triggers end as campaign_paused and its resends are held back
+    summary: "Pause a campaign: its triggers end as campaign_paused; its resends and retries wait until resume"
     responses:
       200: {description: The campaign}
       404: {description: No such campaign}

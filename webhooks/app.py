@@ -64,9 +64,12 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
         from core.engagement import flush_engagement
         from connectors.base import attach_connectors
 
+        from core import live_config
+
         built = await build_runtime(Settings())
         attach_connectors(built)
         app.state.runtime = built
+        live_config.start(built)  # `config reload` and SIGHUP reach this process
         # Start-up objects (SDKs, config) live for the process: keeping them out of the
         # collector's generations avoids 60-70 ms full collections in the middle of requests.
         gc.collect()
@@ -74,6 +77,7 @@ def create_app(rt: Runtime | None = None, *, dev_routes: bool = False) -> Starle
         try:
             yield
         finally:
+            await live_config.stop(built)
             await flush_engagement(built)
             await built.aclose()
 

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from core.console import (
     OUTCOMES, BadQuery, TriggerFilter, campaign_figures, list_triggers, parse_time, trigger_detail,
 )
+from core.variants import ab_view
 from webhooks.common import HTTPProblem, api_key_required, problem, runtime
 
 MAX_LIMIT = 200
@@ -98,7 +99,7 @@ async def campaign_stats(request: Request) -> Response:
       - {in: query, name: to, schema: {type: string, description: "ISO 8601 date or date-time, UTC when no zone"}}
       - {in: query, name: interval, schema: {type: string, enum: [hour, day], default: day}}
     responses:
-      200: {description: "{triggers, outcomes, sent, delivered, hard_bounced, soft_bounced, opened, machine_opened, clicked, unsubscribed, complaints, rates, series}"}
+      200: {description: "{triggers, outcomes, sent, delivered, hard_bounced, soft_bounced, opened, machine_opened, clicked, unsubscribed, complaints, rates, series}; with A/B subjects also variants and ab (the decision)"}
       404: {description: No such campaign}
       422: {description: "Invalid from, to or interval"}
     """
@@ -107,6 +108,7 @@ async def campaign_stats(request: Request) -> Response:
     if rt.config.campaign(campaign_id) is None:
         return problem(404, f"no campaign {campaign_id!r}")
     figures = await _bad_query(_figures)(request, campaign_id)
+    figures.update(await ab_view(rt, rt.config.campaign(campaign_id)))  # A/B subjects: per variant, the decision
     return JSONResponse(figures)
 
 

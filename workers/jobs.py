@@ -20,7 +20,7 @@ async def process_trigger(ctx: dict[str, Any], trigger_id: str) -> str | None:
     decision = await decide(rt, trigger_id, send_now=True)
     if decision is None:
         return None
-    if decision.message_id is not None:
+    if decision.message_id is not None and decision.status == "queued":  # not one held for quiet hours
         # Sent in the same job; the row stays `queued` until an SMTP connection is in hand.
         return await send_one(rt, decision.message_id)
     return decision.status

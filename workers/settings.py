@@ -85,10 +85,16 @@ async def startup(ctx: dict[str, Any]) -> None:
         attach_adapters(rt)
         ctx["runtime"] = rt
         ctx["owns_runtime"] = True
+        from core import live_config
+
+        live_config.start(rt)  # `config reload` and SIGHUP reach this process
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     if ctx.get("owns_runtime"):
+        from core import live_config
+
+        await live_config.stop(ctx["runtime"])
         await ctx["runtime"].aclose()
 
 
