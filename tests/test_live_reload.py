@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 
 from core.demo import HEADER, demo_rows
-from tests.harness import BASE_CONFIG, JANE, Harness, free_port, load_directory
+from core.capture import listening_socket
+from tests.harness import BASE_CONFIG, JANE, Harness, load_directory
 
 OLD = 'subject: "Dr. {{ hcp.last_name }}, join our webinar"'
 NEW = 'subject: "Dr. {{ hcp.last_name }}, the webinar is tomorrow"'
@@ -51,14 +52,16 @@ async def test_reload_reaches_serve_and_two_workers_and_a_broken_file_changes_no
         "SMTP_URL": settings.smtp_url, "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config),
         "LOG_LEVEL": "INFO", "LOG_FORMAT": "text",
     }
-    port = free_port()
+    listener = listening_socket()  # handed to serve with --fd: bound before it starts
+    port = listener.getsockname()[1]
     logs = [tmp_path / name for name in ("serve.log", "worker1.log", "worker2.log")]
-    commands = [["serve", "--host", "127.0.0.1", "--port", str(port)], ["worker"], ["worker"]]
+    commands = [["serve", "--fd", str(listener.fileno())], ["worker"], ["worker"]]
     processes = [
         subprocess.Popen([sys.executable, "-m", "trigger_email", *command], env=env, stdout=subprocess.DEVNULL,
-                         stderr=open(log, "wb"))
+                         stderr=open(log, "wb"), pass_fds=(listener.fileno(),))
         for command, log in zip(commands, logs)
     ]
+    listener.close()
     serve, worker1, _worker2 = processes
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
