@@ -158,6 +158,18 @@ def read_latency(out: str, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def read_summary(name: str, lines: int = 2) -> Callable[[str, argparse.Namespace], list[Row]]:
+    """For a script without a parser here: its last printed lines, as they are."""
+
+    def read(out: str, args: argparse.Namespace) -> list[Row]:
+        printed = [line.strip() for line in out.splitlines() if line.strip()]
+        if not printed:
+            raise ValueError("nothing printed")
+        return [Row(name, re.sub(r"\s+", " ", " · ".join(printed[-lines:])).replace("|", "/"))]
+
+    return read
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -177,6 +189,10 @@ def benches() -> list[Bench]:
               read_webhooks("events", 50.0)),
         Bench("salesforce", lambda a: script("bench_salesforce_outbound.py", *(["--budget", "25", "--single", "100"] if a.quick else [])),
               read_webhooks("notifications", None)),
+        Bench("bounces", lambda a: script("bench_bounces.py"), read_summary("bounce classification over the corpus", 2)),
+        Bench("config", lambda a: script("bench_config_check.py"), read_summary("config check, 200 campaigns / 500 rules", 2)),
+        Bench("stats", lambda a: script("bench_stats.py", *(["100000", "3"] if a.quick else [str(min(a.max_rows, 1_000_000))])),
+              read_summary("campaign stats and trigger log at size", 3)),
         Bench("workers", lambda a: script("bench_scaling.py", "workers", "--triggers", "600" if a.quick else "3000"), read_workers),
         Bench("rss", lambda a: script("bench_scaling.py", "rss", "--sends", "5000" if a.quick else "100000"), read_rss),
         Bench("latency", lambda a: script("bench_scaling.py", "latency", "--seconds", "8" if a.quick else "30"), read_latency),

@@ -52,7 +52,7 @@ async def test_reload_reaches_serve_and_two_workers_and_a_broken_file_changes_no
         "SMTP_URL": settings.smtp_url, "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config),
         "LOG_LEVEL": "INFO", "LOG_FORMAT": "text",
     }
-    listener = listening_socket()  # handed to serve bound: nobody can take the port meanwhile
+    listener = listening_socket()  # handed to serve with --fd: bound before it starts
     port = listener.getsockname()[1]
     logs = [tmp_path / name for name in ("serve.log", "worker1.log", "worker2.log")]
     commands = [["serve", "--fd", str(listener.fileno())], ["worker"], ["worker"]]
@@ -61,7 +61,7 @@ async def test_reload_reaches_serve_and_two_workers_and_a_broken_file_changes_no
                          stderr=open(log, "wb"), pass_fds=(listener.fileno(),))
         for command, log in zip(commands, logs)
     ]
-    listener.close()  # serve holds its own copy
+    listener.close()
     serve, worker1, _worker2 = processes
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
