@@ -148,6 +148,15 @@ async def test_hostile_outbox_retry_bodies_are_refused(harness: Harness, kind: s
     assert await count(harness, outbox) == 0
 
 
+@pytest.mark.parametrize("body", [b" ", b"\r\n\t ", b"\x0b"])
+async def test_a_body_of_whitespace_is_not_an_empty_body(harness: Harness, body: bytes) -> None:
+    """No body retries every dead letter; whitespace is not JSON, so it must not do the same."""
+    response = await harness.client.post(
+        "/v1/outbox/retry", content=body, headers={**harness.auth, "Content-Type": "application/json"}
+    )
+    assert_refused(response, 422)
+
+
 HUBSPOT_EVENT = [{
     "eventId": 1001, "subscriptionId": 7, "portalId": 62515, "occurredAt": 1700000000000,
     "subscriptionType": "contact.propertyChange", "attemptNumber": 0, "objectId": 501,

@@ -121,9 +121,10 @@ async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
 
 
 async def read_optional_json(request: Request, limit: int = MAX_BODY) -> Any:
-    """The JSON body, or None when the request has none (a body of `null` is refused)."""
+    """The JSON body, or None when the request has none. A body of `null`, or of whitespace
+    alone (not JSON, and not "no body" either), is refused."""
     raw = await read_body(request, limit)
-    if not raw.strip():
+    if not raw:
         return None
     value = parse_json(raw)
     if value is None:
