@@ -3,7 +3,9 @@ aiosmtpd server, the real arq worker, and a ManualClock in place of waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -293,3 +295,16 @@ def cli_environment(harness: Harness, tmp_path: Path, **extra: str | None) -> di
     settings = harness.rt.settings
     return {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
             "SECRET_KEY": settings.secret_key, "TRIGGER_EMAIL_CONFIG": str(config), **extra}
+
+
+async def wait_healthy(client: httpx.AsyncClient, seconds: float = 30) -> None:
+    """Wait until a `serve` started as a process answers `/health` with 200."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if (await client.get("/health")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "serve did not become healthy"
+        await asyncio.sleep(0.2)

@@ -18,7 +18,7 @@ import httpx
 
 from core.demo import HEADER, demo_rows
 from core.capture import listening_socket
-from tests.harness import BASE_CONFIG, JANE, Harness, load_directory
+from tests.harness import BASE_CONFIG, JANE, Harness, load_directory, wait_healthy
 
 OLD = 'subject: "Dr. {{ hcp.last_name }}, join our webinar"'
 NEW = 'subject: "Dr. {{ hcp.last_name }}, the webinar is tomorrow"'
@@ -79,13 +79,7 @@ async def test_reload_reaches_serve_and_two_workers_and_a_broken_file_changes_no
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=harness.auth, timeout=10) as client:
 
-            async def healthy() -> bool:
-                try:
-                    return (await client.get("/health")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await _wait(healthy, "serve to become healthy")
+            await wait_healthy(client)
             await _wait(lambda: logged("Starting worker", (1, 2)), "both workers to start")
 
             async def send(npi: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from core.capture import listening_socket
-from tests.harness import BASE_CONFIG, JANE, Harness
+from tests.harness import BASE_CONFIG, JANE, Harness, wait_healthy
 
 pytestmark = pytest.mark.default_backend
 
@@ -41,14 +41,7 @@ async def test_serve_and_worker_processes_deliver_a_trigger(harness: Harness, tm
     try:
         async with httpx.AsyncClient(base_url=base, headers=harness.auth) as client:
             deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "serve did not become healthy"
-                await asyncio.sleep(0.2)
+            await wait_healthy(client)
             accepted = await client.post("/v1/triggers", json={"npi": JANE, "campaign_id": "asthma-launch"})
             assert accepted.status_code == 202
             trigger_id = accepted.json()["id"]

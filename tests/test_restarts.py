@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from core.db import messages, triggers
 from core.npi import make_npi
 from core.capture import SmtpController, listening_socket
-from tests.harness import Harness, SmtpSink, load_directory
+from tests.harness import Harness, SmtpSink, load_directory, wait_healthy
 
 HCPS = 72
 DATA_SECONDS = 1.0
@@ -119,18 +119,6 @@ class Production:
                 process.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-async def wait_healthy(client: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if (await client.get("/health")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "serve did not become healthy"
-        await asyncio.sleep(0.2)
 
 
 async def states(h: Harness) -> tuple[dict[str, int], dict[str, int]]:
