@@ -10,7 +10,7 @@ from typing import Any
 
 from config import Campaign
 from core.mailer import OutgoingEmail
-from core.render import html_to_text, parse_html
+from core.markup import append_to_body
 from core.runtime import Runtime
 from core.tracking import Tokens, track_html
 
@@ -40,11 +40,6 @@ def _footer(rt: Runtime, unsubscribe_url: str | None, campaign: Campaign | None 
     )
 
 
-def _insert_footer(html: str, footer: str) -> str:
-    position = html.lower().rfind("</body>")
-    return html + footer if position < 0 else html[:position] + footer + html[position:]
-
-
 def compose(
     rt: Runtime, message: dict[str, Any], campaign: Campaign, attachments: list[tuple[str, str, bytes]] | None = None
 ) -> tuple[OutgoingEmail, Message]:
@@ -56,30 +51,29 @@ def compose(
     reply_to = (own.reply_to if own else None) or config.sender.reply_to
     sender_address = parseaddr(sender_from)[1]
     sender_domain = sender_address.rpartition("@")[2]
-    headers: dict[str, str] = {"X-Trigger-Email-Token": tokens.bounce(message["id"])}
+    bounce_token = tokens.bounce(message["id"])
+    headers: dict[str, str] = {"X-Trigger-Email-Token": bounce_token}
     unsubscribe_url = None
     if campaign.kind == "marketing":
         unsubscribe_token = tokens.unsubscribe(message["id"])
         unsubscribe_url = f"{public_url}/u/{unsubscribe_token}"
         mailto = config.sender.unsubscribe_mailto or f"unsubscribe@{config.sender.bounce_domain or sender_domain}"
-        headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}?subject=unsubscribe-{tokens.bounce(message['id'])}>"
+        headers["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{mailto}?subject=unsubscribe-{bounce_token}>"
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    document = parse_html(_insert_footer(message["html"] or "", _footer(rt, unsubscribe_url, campaign)))
-    text = html_to_text(document)
     tracked = track_html(
-        document, message_id=message["id"], tokens=tokens, public_url=public_url,
-        opens=config.tracking.opens, clicks=config.tracking.clicks,
+        append_to_body(message["html"] or "", _footer(rt, unsubscribe_url, campaign)),
+        message_id=message["id"], tokens=tokens, public_url=public_url, opens=config.tracking.opens, clicks=config.tracking.clicks,
     )
     message["links"] = tracked.links
     envelope_from = (
-        f"bounce+{tokens.bounce(message['id'])}@{config.sender.bounce_domain}" if config.sender.bounce_domain else sender_address
+        f"bounce+{bounce_token}@{config.sender.bounce_domain}" if config.sender.bounce_domain else sender_address
     )
     email = OutgoingEmail(
         sender=sender_from,
         to=message["to_address"],
         subject=message["subject"],
         html=tracked.html,
-        text=text,
+        text=tracked.text,
         date=rt.clock.now(),
         envelope_from=envelope_from,
         reply_to=reply_to,

@@ -8,16 +8,18 @@ import time
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from email import policy
-from email.charset import QP, Charset
+import binascii
+import secrets
+from email.policy import Compat32
 from email.header import Header
 from email.message import Message
 from email.encoders import encode_base64
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
+from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -25,7 +27,21 @@ import aiosmtplib
 
 log = logging.getLogger(__name__)
 
-HEADER_POLICY = policy.compat32.clone(linesep="\r\n", max_line_length=998)
+class WirePolicy(Compat32):
+    """compat32 as it goes on the wire. A header that is printable ASCII and fits on one
+    line is written as it is: compat32 would run it through `Header.encode`, which returns
+    the same line for a great deal more work, a dozen times per email."""
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if (
+            isinstance(value, str) and value.isascii() and value.isprintable()
+            and len(name) + len(value) + 2 <= (self.max_line_length or 78)
+        ):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+HEADER_POLICY = WirePolicy(linesep="\r\n", max_line_length=998)
 """CRLF for SMTP. Python folds a long Subject right after `Subject:`, which some clients
 show with a leading space; RFC 5322 allows 998 characters a line, so fold only beyond that."""
 
@@ -78,20 +94,19 @@ class OutgoingEmail:
         """multipart/alternative, text then HTML, quoted-printable UTF-8. Built with the
         compat32 classes: the modern header registry costs four times as much per email,
         which shows at hundreds of emails a second."""
-        alternative = MIMEMultipart("alternative")
-        message = MIMEMultipart("mixed") if self.attachments else alternative
+        alternative = MIMEMultipart("alternative", boundary=_boundary())
+        message = MIMEMultipart("mixed", boundary=_boundary()) if self.attachments else alternative
         message["From"] = _address_header(self.sender)
         message["To"] = _address_header(self.to)
         message["Subject"] = _text_header(self.subject)
         message["Date"] = format_datetime(self.date)
-        domain = parseaddr(self.sender)[1].rpartition("@")[2] or None
-        message["Message-ID"] = make_msgid(domain=domain)
+        message["Message-ID"] = make_msgid(domain=_domain_of(self.sender))
         if self.reply_to:
             message["Reply-To"] = _address_header(self.reply_to)
         for name, value in self.headers.items():
             message[name] = _text_header(value)
-        alternative.attach(MIMEText(self.text, "plain", _UTF8))
-        alternative.attach(MIMEText(self.html, "html", _UTF8))
+        alternative.attach(_text_part("plain", self.text))
+        alternative.attach(_text_part("html", self.html))
         if self.attachments:
             message.attach(alternative)
             for filename, content_type, data in self.attachments:
@@ -108,15 +123,33 @@ def _attachment(filename: str, content_type: str, data: bytes) -> Message:
     return part
 
 
-_UTF8 = Charset("utf-8")
-_UTF8.body_encoding = QP
+def _boundary() -> str:
+    """`=_` cannot occur in a quoted-printable or base64 body, so the boundary needs no
+    search through the parts (the generator's own search compiles a regex per email)."""
+    return f"=_te_{secrets.token_hex(12)}"
+
+
+def _text_part(subtype: str, text: str) -> Message:
+    """A UTF-8 text part in quoted-printable, encoded by `binascii` (C) rather than the email
+    package's character-by-character Python encoder: the same standard, a tenth of the time."""
+    part = MIMENonMultipart("text", subtype, charset="utf-8")
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii"))
+    return part
 
 
 def _text_header(value: str) -> str | Header:
     return value if value.isascii() else Header(value, "utf-8")
 
 
+@lru_cache(maxsize=256)
+def _domain_of(value: str) -> str | None:
+    return parseaddr(value)[1].rpartition("@")[2] or None
+
+
+@lru_cache(maxsize=256)
 def _address_header(value: str) -> str:
+    """Cached: the senders are a handful of strings, parsed by a slow pure-Python parser."""
     name, address = parseaddr(value)
     return formataddr((name, address), charset="utf-8") if name else address
 

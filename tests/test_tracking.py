@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from bs4 import BeautifulSoup
+from itsdangerous import URLSafeSerializer
 
 from core.compose import tokens_for
 from core.engagement import flush_engagement
@@ -120,6 +121,15 @@ TRACKING_CONFIG = BASE_CONFIG + """
       <p><a href="#dosing">Jump</a> <a href="tel:+18005550100">Call</a> <a href="sms:+18005550100">Text</a>
       <a href="HTTPS://Pharma.example/Upper?a=1&amp;b=2">Upper</a> <a href="/relative">Relative</a></p>
       <p id="dosing">Dosing</p>
+  - id: outlook-bulletin
+    subject: "Bulletin"
+    html: |
+      <!DOCTYPE html><html><head><style>p { margin: 0 }</style></head><body>
+      <!--[if mso]><table><tr><td width="600"><![endif]-->
+      <p>Dosing &amp; safety&nbsp;update &copy; 2026</p>
+      <ul><li><a href="https://pharma.example/label" class="cta">Full label</a></li></ul>
+      <!--[if mso]></td></tr></table><![endif]-->
+      </body></html>
 """
 CLICK_ENGAGEMENT = TRACKING_CONFIG + "tracking: {engagement: click}\n"
 
@@ -137,6 +147,37 @@ async def test_anchors_phone_and_relative_links_are_not_rewritten(harness: Harne
     [tracked] = tracked_links(email)
     harness.clock.advance(600)
     assert await click(harness, tracked) == "HTTPS://Pharma.example/Upper?a=1&b=2"
+
+
+async def test_the_html_reaches_the_recipient_as_written_and_the_text_part_reads_it(harness: Harness) -> None:
+    """Only the tracked links change: Outlook's conditional comments, entities and the
+    doctype go out as the author wrote them; the pixel ends the body."""
+    _, email = await sent_email(harness, OMAR, "outlook-bulletin")
+    html = html_of(email)
+    assert '<!--[if mso]><table><tr><td width="600"><![endif]-->' in html
+    assert "<p>Dosing &amp; safety&nbsp;update &copy; 2026</p>" in html and html.startswith("<!DOCTYPE html>")
+    [tracked] = tracked_links(email)
+    assert f'<a href="{tracked}" class="cta">Full label</a>' in html
+    assert html.index("/t/o/") < html.index("</body>")
+    text = email.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Dosing & safety update © 2026" in text
+    assert "- Full label (https://pharma.example/label)" in text
+    assert "margin" not in text and "mso" not in text
+
+
+async def test_links_in_emails_sent_before_the_compact_tokens_still_work(harness: Harness) -> None:
+    """Emails already in inboxes carry itsdangerous-signed tokens: they keep working."""
+    result, email = await sent_email(harness)
+    message_id = result["messages"][0]["id"]
+    earlier = URLSafeSerializer(harness.rt.settings.secret_key, salt="trigger-email.tracking")
+    harness.clock.advance(600)
+    assert await click(harness, f"{PUBLIC}/t/c/{earlier.dumps(['c', message_id, 1])}") == "https://pharma.example/asthma/dosing"
+    response = await harness.client.get(f"{PUBLIC}/t/o/{earlier.dumps(['o', message_id])}", headers={"User-Agent": HUMAN_UA})
+    assert response.status_code == 200
+    message = (await harness.outcome(result["id"]))["messages"][0]
+    assert message["clicks"] == 1 and message["open_count"] == 2  # the click proves an open too
+    forged = URLSafeSerializer("another-secret-key-of-at-least-32-chars", salt="trigger-email.tracking")
+    assert (await harness.client.get(f"{PUBLIC}/t/c/{forged.dumps(['c', message_id, 1])}")).status_code == 404
 
 
 async def test_forged_altered_and_unknown_tokens_get_404_and_no_redirect(harness: Harness) -> None:
@@ -188,7 +229,8 @@ async def test_a_click_token_only_reaches_links_of_its_own_email(harness: Harnes
     # The token names message and index; swapping the message part breaks the signature.
     cardio_token = urlsplit(link).path.rsplit("/", 1)[1]
     asthma_token = urlsplit(tracked_links(asthma)[0]).path.rsplit("/", 1)[1]
-    spliced = asthma_token.split(".")[0] + "." + cardio_token.split(".", 1)[1]
+    spliced = asthma_token.rsplit(".", 1)[0] + "." + cardio_token.rsplit(".", 1)[1]  # its message, the other MAC
+    assert spliced.split(".")[1] != cardio_token.split(".")[1]
     assert (await harness.client.get(f"{PUBLIC}/t/c/{spliced}")).status_code == 404
 
 
