@@ -24,7 +24,17 @@ _PAUSED = select(campaign_states.c.paused).where(campaign_states.c.campaign_id =
 
 async def is_paused(connection: AsyncConnection, campaign: Campaign) -> bool:
     row = await connection.execute(_PAUSED, {"campaign_id": campaign.id})
-    stored = row.scalar_one_or_none()
+    return paused_as_stored(campaign, row.scalar_one_or_none())
+
+
+def stored_pause(campaign_id: Any) -> Any:
+    """The stored pause of the campaign `campaign_id` (a column), as a subquery: the decision
+    reads it with the trigger it claims, in the same statement."""
+    return select(campaign_states.c.paused).where(campaign_states.c.campaign_id == campaign_id).scalar_subquery()
+
+
+def paused_as_stored(campaign: Campaign, stored: bool | None) -> bool:
+    """The database's word when there is one, else the config's `paused`."""
     return campaign.paused if stored is None else bool(stored)
 
 

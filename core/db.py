@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 from sqlalchemy import (
     JSON,
@@ -23,8 +23,9 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    literal,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
@@ -394,11 +395,26 @@ class Database:
                 self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
                 **(pgbouncer_options() if pgbouncer else {}),
             )
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as connection:
             yield connection
+
+    async def write(self, statement: Any, parameters: dict[str, Any]) -> list[RowMapping]:
+        """One statement committed on its own; the rows it returns (with RETURNING).
+
+        On PostgreSQL it runs in autocommit: one round trip instead of three (BEGIN, the
+        statement, COMMIT), which counts on the send path. On SQLite it is a transaction like
+        any other write (`BEGIN IMMEDIATE`)."""
+        if self.is_sqlite:
+            async with self.begin() as connection:
+                result = await connection.execute(statement, parameters)
+                return list(result.mappings()) if result.returns_rows else []
+        async with self._autocommit.connect() as connection:
+            result = await connection.execute(statement, parameters)
+            return list(result.mappings()) if result.returns_rows else []
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -433,6 +449,14 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get("sqlite_read", False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def one_of(column: Any, values: Iterable[Any], *, negate: bool = False) -> Any:
+    """`column IN (…)` over constants known when the statement is built, as ordinary bound
+    parameters. A plain `in_()` takes an "expanding" parameter that SQLAlchemy renders again
+    on every execution; on the send path that cost more than the query."""
+    items = [literal(value, column.type) for value in values]
+    return column.not_in(items) if negate else column.in_(items)
 
 
 def insert_ignore(connection: AsyncConnection, table: Table, *, conflict: list[str]) -> Any:

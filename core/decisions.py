@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,9 +21,9 @@ from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign, Config, format_duration
-from core.campaigns import is_paused
+from core.campaigns import paused_as_stored, stored_pause
 from core.clock import iso
-from core.db import hcp_emails, hcps, messages, new_id, triggers
+from core.db import hcp_emails, hcps, messages, new_id, one_of, triggers
 from core.directory import SOURCE_PRIORITY
 from core.errors import describe_error
 from core.npi import npi_problem
@@ -33,7 +33,8 @@ from core.quiet_hours import hold_reason, quiet_until
 from core.render import render_campaign
 from core.variants import pick_variant, winners_of
 from core.runtime import Runtime
-from core.suppression import suppression_check
+from core.group_commit import GroupCommit
+from core.suppression import judge, suppression_check, suppression_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Decision:
     status: str
     reason: str
     message_id: str | None = None
+    claimed: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The message row, already claimed (`sending`), when the decision was asked to claim it."""
 
 
 def audience_problem(campaign: Campaign, hcp: dict[str, Any]) -> str | None:
@@ -65,7 +68,7 @@ def _history_statement(uncapped: tuple[str, ...]) -> Any:
     mine = messages.c.campaign_id == bindparam("campaign_id")
     capped = moment >= bindparam("since", type_=messages.c.created_at.type)
     if uncapped:
-        capped = and_(capped, messages.c.campaign_id.not_in(uncapped))
+        capped = and_(capped, one_of(messages.c.campaign_id, uncapped, negate=True))
     # An initial email held for quiet hours counts as sent: a second trigger in the window
     # must not queue a second email.
     held = and_(messages.c.status == "scheduled", messages.c.kind == "initial")
@@ -73,7 +76,7 @@ def _history_statement(uncapped: tuple[str, ...]) -> Any:
         func.max(case((mine, moment))),
         func.max(case((mine, messages.c.opened_at))),
         func.count(case((capped, 1))),
-    ).where(messages.c.npi == bindparam("npi"), or_(messages.c.status.in_(ACTIVE), held))
+    ).where(messages.c.npi == bindparam("npi"), or_(one_of(messages.c.status, ACTIVE), held))
 
 
 async def contact_history(
@@ -93,21 +96,94 @@ async def contact_history(
 _ADDRESS_BOOK = select(
     hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id
 ).where(hcp_emails.c.npi == bindparam("npi"))
-_CLAIM_TRIGGER = (
+_CLAIM_TRIGGERS = (
     update(triggers)
     .where(
-        triggers.c.id == bindparam("trigger_id"), triggers.c.status == "pending",
+        triggers.c.id.in_(bindparam("trigger_ids", expanding=True)), triggers.c.status == "pending",
         triggers.c.due_at.is_(None) | (triggers.c.due_at <= bindparam("now")),
     )
     .values(decided_at=bindparam("now"))
-    .returning(*triggers.c)
+    .returning(*triggers.c, stored_pause(triggers.c.campaign_id).label("campaign_paused"))
 )
-_LOCK_HCP = (
-    update(hcps).where(hcps.c.npi == bindparam("lock_npi")).values(send_seq=hcps.c.send_seq + 1).returning(*hcps.c)
+_LOCK_HCPS = (
+    update(hcps)
+    .where(hcps.c.npi.in_(bindparam("npis", expanding=True)))
+    .values(send_seq=hcps.c.send_seq + 1)
+    .returning(*hcps.c)
 )
+"""The HCP row locks of a batch in one statement. PostgreSQL takes them in index order (the
+NPIs sorted), so two workers locking overlapping batches queue instead of deadlocking."""
+_ADDRESS_BOOKS = select(
+    hcp_emails.c.npi, hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id
+).where(hcp_emails.c.npi.in_(bindparam("npis", expanding=True)))
+_INSERT_CLAIMED = messages.insert().returning(*messages.c)
 _SET_OUTCOME = update(triggers).where(triggers.c.id == bindparam("trigger_id")).values(
     status=bindparam("outcome"), reason=bindparam("why"), trail=bindparam("trail", type_=triggers.c.trail.type)
 )
+
+
+@lru_cache(maxsize=32)
+def _histories_statement(uncapped: tuple[str, ...]) -> Any:
+    """Per HCP of a batch and per campaign: the last email (sent or held), the last open,
+    and how many capped emails since `since`."""
+    moment = func.coalesce(messages.c.sent_at, messages.c.created_at)
+    capped = moment >= bindparam("since", type_=messages.c.created_at.type)
+    if uncapped:
+        capped = and_(capped, one_of(messages.c.campaign_id, uncapped, negate=True))
+    held = and_(messages.c.status == "scheduled", messages.c.kind == "initial")
+    return (
+        select(messages.c.npi, messages.c.campaign_id, func.max(moment), func.max(messages.c.opened_at), func.count(case((capped, 1))))
+        .where(messages.c.npi.in_(bindparam("npis", expanding=True)), or_(one_of(messages.c.status, ACTIVE), held))
+        .group_by(messages.c.npi, messages.c.campaign_id)
+    )
+
+
+@dataclass
+class Facts:
+    """What the checks read about the HCPs of a batch, fetched in a few set-based statements."""
+
+    hcps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    suppressions: dict[str, list[Any]] = field(default_factory=dict)
+    books: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    history: dict[str, dict[str, tuple[datetime | None, datetime | None, int]]] = field(default_factory=dict)
+
+    def contact(self, config: Config, npi: str, campaign_id: str) -> tuple[datetime | None, int]:
+        """As `contact_history`: the campaign's last contact, and capped emails in the window."""
+        uncapped = {c.id for c in config.campaigns if c.kind == "transactional"}
+        per_campaign = self.history.get(npi, {})
+        last_sent, last_open, _ = per_campaign.get(campaign_id, (None, None, 0))
+        moments = [value for value in (last_sent, last_open) if value is not None]
+        recent = sum(count for campaign, (_s, _o, count) in per_campaign.items() if campaign not in uncapped)
+        return (max(moments) if moments else None), recent
+
+
+async def gather_facts(connection: AsyncConnection, config: Config, npis: list[str], since: datetime) -> Facts:
+    """Lock the HCPs' rows, then read their suppressions, addresses and email history."""
+    facts = Facts()
+    if not npis:
+        return facts
+    facts.hcps = {row["npi"]: dict(row) for row in (await connection.execute(_LOCK_HCPS, {"npis": npis})).mappings()}
+    known = sorted(facts.hcps)
+    if not known:
+        return facts
+    for row in await suppression_rows(connection, known):
+        facts.suppressions.setdefault(row[-1], []).append(row[:-1])
+    for row in (await connection.execute(_ADDRESS_BOOKS, {"npis": known})).mappings():
+        entry = dict(row)
+        facts.books.setdefault(entry.pop("npi"), []).append(entry)
+    for book in facts.books.values():
+        book.sort(key=_book_order)
+    uncapped = tuple(c.id for c in config.campaigns if c.kind == "transactional")
+    for npi, campaign_id, last_sent, last_open, count in await connection.execute(
+        _histories_statement(uncapped), {"npis": known, "since": since}
+    ):
+        facts.history.setdefault(npi, {})[campaign_id] = (last_sent, last_open, int(count or 0))
+    return facts
+
+
+def _book_order(entry: dict[str, Any]) -> tuple[int, int, int]:
+    return SOURCE_PRIORITY.get(entry["source"], 10), entry["rank"], entry["id"]
+
 
 CHECKS = ("npi_valid", "campaign", "paused", "hcp_known", "audience", "suppression", "cooldown", "frequency_cap", "address")
 """The decision trail's checks, in the order they run."""
@@ -125,9 +201,7 @@ def _step(trail: list[dict[str, Any]], check: str, ok: bool, detail: str, **fact
 async def address_book(connection: AsyncConnection, npi: str) -> list[dict[str, Any]]:
     """All of the HCP's addresses, best first: directory before other sources, then rank."""
     rows = await connection.execute(_ADDRESS_BOOK, {"npi": npi})
-    book = [dict(row) for row in rows.mappings()]
-    book.sort(key=lambda entry: (SOURCE_PRIORITY.get(entry["source"], 10), entry["rank"], entry["id"]))
-    return book
+    return sorted((dict(row) for row in rows.mappings()), key=_book_order)
 
 
 def first_deliverable(book: list[dict[str, Any]], blocked: set[str]) -> str | None:
@@ -142,34 +216,103 @@ async def pick_address(connection: AsyncConnection, npi: str, campaign: Campaign
     return first_deliverable(await address_book(connection, npi), blocked)
 
 
-async def decide(rt: Runtime, trigger_id: str, *, send_now: bool = False) -> Decision | None:
+async def decide(rt: Runtime, trigger_id: str, *, claim: bool = False) -> Decision | None:
     """Decide a pending trigger; None when it was already decided (a duplicate job) or not due.
 
-    The message is created `queued`; it is claimed (`sending`) only once a worker holds an
-    SMTP connection for it. With `send_now` the caller sends it in the same job: the row
-    carries a lease (`claimed_until`) so the sweep does not enqueue it again while this
-    worker waits for a connection; a worker that dies lets the lease run out. Otherwise a
-    send job is enqueued."""
+    The message is created `queued` and a send job is enqueued. With `claim`, the caller holds
+    an SMTP connection and sends the message in the same job: it is created already claimed
+    (`sending`, with a lease the caller renews), in the decision's own transaction, and comes
+    back in `Decision.claimed`; a worker that dies lets the lease run out and the sweep puts
+    the message back.
+
+    The decisions of concurrent jobs are made together (core.group_commit): one transaction
+    and a handful of set-based statements for the whole batch."""
     try:
-        async with rt.db.begin() as connection:
-            now = rt.clock.now()
-            trigger = (await connection.execute(_CLAIM_TRIGGER, {"trigger_id": trigger_id, "now": now})).mappings().first()
-            if trigger is None:
-                return None
-            lease_until = now + timedelta(seconds=rt.settings.claim_lease) if send_now else None
-            trail: list[dict[str, Any]] = []
-            decision = await _decide(connection, rt.config, trigger, now, lease_until=lease_until, trail=trail, rt=rt)
-            await connection.execute(
-                _SET_OUTCOME, {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason, "trail": trail}
-            )
+        return await deciders_of(rt).submit((trigger_id, claim))
     except Exception as exc:  # noqa: BLE001 - a poison trigger is retried a bounded number of times, then failed
-        log.exception("trigger %s: the decision raised", trigger_id)
+        log.error("trigger %s: the decision raised: %s", trigger_id, describe_error(exc), exc_info=exc)
         return await decision_failed(rt, trigger_id, describe_error(exc))
-    if decision.message_id and not send_now and decision.status == "queued":
-        await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
-    TRIGGERS.labels(decision.status).inc()
-    log.info("trigger %s → %s (%s)", trigger_id, decision.status, decision.reason)
-    return decision
+
+
+def deciders_of(rt: Runtime) -> GroupCommit[tuple[str, bool], Decision | None]:
+    batcher = rt.extras.get("deciders")
+    if batcher is None:
+        batcher = rt.extras["deciders"] = GroupCommit(lambda items: decide_batch(rt, items), name="decisions")
+    return batcher
+
+
+async def decide_batch(rt: Runtime, items: list[tuple[str, bool]]) -> list[Decision | None]:
+    """Decide several triggers (id, claim) in one transaction. Triggers of one HCP are
+    decided one batch after the other, as the HCP row lock would order them anyway."""
+    now = rt.clock.now()
+    config = rt.config
+    decided: dict[str, Decision | None] = {}
+    later: list[tuple[str, bool]] = []
+    async with rt.db.begin() as connection:
+        rows = (
+            await connection.execute(_CLAIM_TRIGGERS, {"trigger_ids": list({t for t, _ in items}), "now": now})
+        ).mappings().all()
+        by_id = {row["id"]: row for row in rows}
+        chosen: list[tuple[Any, bool]] = []
+        npis: set[str] = set()
+        for trigger_id, claim in items:
+            trigger = by_id.get(trigger_id)
+            if trigger is None or trigger_id in decided:
+                decided.setdefault(trigger_id, None)
+                continue
+            if trigger["npi"] in npis:
+                later.append((trigger_id, claim))
+                continue
+            npis.add(trigger["npi"])
+            decided[trigger_id] = None
+            chosen.append((trigger, claim))
+        trails = {trigger["id"]: [] for trigger, _ in chosen}
+        outcomes: dict[str, Decision] = {}
+        for trigger, _claim in chosen:
+            early = _precheck(config, trigger, trails[trigger["id"]])
+            if early is not None:
+                outcomes[trigger["id"]] = early
+        cap = config.limits.per_hcp
+        facts = await gather_facts(
+            connection, config, sorted({t["npi"] for t, _ in chosen if t["id"] not in outcomes}),
+            now - cap.per if cap is not None else now,
+        )
+        inserts: list[dict[str, Any]] = []
+        claimed_inserts: list[dict[str, Any]] = []
+        for trigger, claim in chosen:
+            if trigger["id"] in outcomes:
+                continue
+            campaign = config.campaign(trigger["campaign_id"])
+            assert campaign is not None  # _precheck
+            winner = await winners_of(rt).winner(connection, campaign) if campaign.subjects and campaign.ab else None
+            claim_until = now + timedelta(seconds=rt.settings.claim_lease) if claim else None
+            decision, row = _decide(config, trigger, campaign, facts, now, trails[trigger["id"]], winner, claim_until)
+            outcomes[trigger["id"]] = decision
+            if row is not None:
+                (claimed_inserts if row["status"] == "sending" else inserts).append(row)
+        if inserts:
+            await connection.execute(messages.insert(), inserts)
+        claimed = {
+            row["id"]: dict(row) for row in (await connection.execute(_INSERT_CLAIMED, claimed_inserts)).mappings()
+        } if claimed_inserts else {}
+        await connection.execute(_SET_OUTCOME, [
+            {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason, "trail": trails[trigger_id]}
+            for trigger_id, decision in outcomes.items()
+        ]) if outcomes else None
+    for trigger, _claim in chosen:
+        decision = outcomes[trigger["id"]]
+        if decision.message_id in claimed:
+            message = claimed[decision.message_id]
+            message["source_ref"] = trigger["source_ref"]
+            decision = replace(decision, claimed=message)
+        elif decision.message_id and decision.status == "queued":
+            await rt.queue.enqueue(SEND_MESSAGE, decision.message_id, job_id=f"send:{decision.message_id}:0")
+        decided[trigger["id"]] = decision
+        TRIGGERS.labels(decision.status).inc()
+        log.info("trigger %s → %s (%s)", trigger["id"], decision.status, decision.reason)
+    if later:
+        decided.update(zip((trigger_id for trigger_id, _ in later), await decide_batch(rt, later)))
+    return [decided[trigger_id] for trigger_id, _ in items]
 
 
 async def decision_failed(rt: Runtime, trigger_id: str, error: str) -> Decision | None:
@@ -206,13 +349,9 @@ async def decision_failed(rt: Runtime, trigger_id: str, error: str) -> Decision 
     return None
 
 
-async def _decide(
-    connection: AsyncConnection, config: Config, trigger: Any, now: datetime, *, lease_until: datetime | None = None,
-    trail: list[dict[str, Any]] | None = None,
-    rt: Runtime | None = None,
-) -> Decision:
-    """Run the checks in order; each one, passed or failed, is appended to `trail`."""
-    trail = [] if trail is None else trail
+def _precheck(config: Config, trigger: Any, trail: list[dict[str, Any]]) -> Decision | None:
+    """The checks that need nothing from the database: the NPI, the campaign, its pause
+    (read with the trigger). Each is appended to `trail`; the failed one's decision, or None."""
     npi = trigger["npi"]
     problem = npi_problem(npi)
     if problem:
@@ -224,15 +363,24 @@ async def _decide(
         _step(trail, "campaign", False, f"no campaign {trigger['campaign_id']!r} in the config")
         return Decision("unknown_campaign", f"no campaign {trigger['campaign_id']!r} in the config")
     _step(trail, "campaign", True, f"campaign {campaign.id} ({campaign.kind}) is in the config")
-    if await is_paused(connection, campaign):
+    if paused_as_stored(campaign, trigger["campaign_paused"]):
         _step(trail, "paused", False, f"campaign {campaign.id} is paused")
         return Decision("campaign_paused", f"campaign {campaign.id} is paused")
     _step(trail, "paused", True, f"campaign {campaign.id} is live")
-    # The HCP row lock: from here on, decisions for this NPI are serialised.
-    hcp = (await connection.execute(_LOCK_HCP, {"lock_npi": npi})).mappings().first()
+    return None
+
+
+def _decide(
+    config: Config, trigger: Any, campaign: Campaign, facts: Facts, now: datetime, trail: list[dict[str, Any]],
+    winner: int | None, claim_until: datetime | None,
+) -> tuple[Decision, dict[str, Any] | None]:
+    """The checks that read the HCP (`facts`, read under the HCP's row lock), in order, each
+    appended to `trail`; the decision and the message row to insert, if any."""
+    npi = trigger["npi"]
+    hcp = facts.hcps.get(npi)
     if hcp is None:
         _step(trail, "hcp_known", False, f"NPI {npi} is not in the HCP directory")
-        return Decision("unknown_hcp", f"NPI {npi} is not in the HCP directory")
+        return Decision("unknown_hcp", f"NPI {npi} is not in the HCP directory"), None
     hcp = dict(hcp)
     _step(
         trail, "hcp_known", True,
@@ -241,25 +389,24 @@ async def _decide(
     problem = audience_problem(campaign, hcp)
     if problem:
         _step(trail, "audience", False, problem)
-        return Decision("not_in_audience", problem)
+        return Decision("not_in_audience", problem), None
     audience = campaign.audience.model_dump(exclude_none=True)
     _step(trail, "audience", True, "in the audience" + (f" ({_in_words(audience)})" if audience else " (the campaign has no audience limits)"))
-    reason, blocked = await suppression_check(connection, npi, campaign)
+    reason, blocked = judge(facts.suppressions.get(npi, []), campaign)
     if reason:
         _step(trail, "suppression", False, reason)
-        return Decision("suppressed", reason)
-    book = await address_book(connection, npi)
+        return Decision("suppressed", reason), None
+    book = facts.books.get(npi, [])
     bounced = sum(1 for entry in book if entry["status"] == "hard_bounced")
     if book and bounced and not any(entry["status"] == "ok" for entry in book):
         _step(trail, "suppression", False, f"all {bounced} address(es) of NPI {npi} hard-bounced")
-        return Decision("suppressed", f"all {bounced} address(es) of NPI {npi} hard-bounced")
+        return Decision("suppressed", f"all {bounced} address(es) of NPI {npi} hard-bounced"), None
     _step(
         trail, "suppression", True,
         "not suppressed" + (f"; {len(blocked)} address(es) on the suppression list are skipped" if blocked else ""),
     )
     cap = config.limits.per_hcp
-    since = now - cap.per if cap is not None else now
-    last, recent = await contact_history(connection, config, npi, campaign.id, since)
+    last, recent = facts.contact(config, npi, campaign.id)
     if last is not None and last + campaign.cooldown > now:
         until = last + campaign.cooldown
         why = (
@@ -267,7 +414,7 @@ async def _decide(
             f"{format_duration(campaign.cooldown)} runs until {until:%Y-%m-%d %H:%M} UTC"
         )
         _step(trail, "cooldown", False, why, last_contact=last, until=until, cooldown=format_duration(campaign.cooldown))
-        return Decision("cooldown", why)
+        return Decision("cooldown", why), None
     _step(
         trail, "cooldown", True,
         (f"last contact {last:%Y-%m-%d %H:%M} UTC; the {format_duration(campaign.cooldown)} cooldown ended "
@@ -277,7 +424,7 @@ async def _decide(
     if cap is not None and campaign.kind == "marketing" and recent >= cap.max:
         why = f"NPI {npi} already got {recent} emails in the last {format_duration(cap.per)} (cap {cap.max})"
         _step(trail, "frequency_cap", False, why, count=recent, max=cap.max, per=format_duration(cap.per))
-        return Decision("frequency_cap", why)
+        return Decision("frequency_cap", why), None
     if cap is None:
         _step(trail, "frequency_cap", True, "no frequency cap configured", count=recent)
     elif campaign.kind != "marketing":
@@ -290,11 +437,11 @@ async def _decide(
     usable = {entry["address"] for entry in book if entry["status"] == "ok"}
     if usable and usable <= blocked:
         _step(trail, "address", False, f"every address of NPI {npi} is on the suppression list")
-        return Decision("suppressed", f"every address of NPI {npi} is on the suppression list")
+        return Decision("suppressed", f"every address of NPI {npi} is on the suppression list"), None
     address = first_deliverable(book, blocked)
     if address is None:
         _step(trail, "address", False, f"NPI {npi} has no deliverable address", candidates=_candidates(book, blocked))
-        return Decision("no_deliverable_email", f"NPI {npi} has no deliverable address")
+        return Decision("no_deliverable_email", f"NPI {npi} has no deliverable address"), None
     chosen = next(entry for entry in book if entry["address"] == address)
     passed_over = [f"{entry['address']} ({'suppressed' if entry['address'] in blocked else entry['status']})"
                    for entry in book[: book.index(chosen)]]
@@ -309,10 +456,9 @@ async def _decide(
     if campaign.require_attachments and not campaign.files and not data.get("attachments"):
         why = "require_attachments: the campaign has no attachments and the trigger's data.attachments is empty"
         _step(trail, "attachments", False, why)
-        return Decision("failed", why)
+        return Decision("failed", why), None
     variant = None
     if campaign.subjects:
-        winner = await winners_of(rt).winner(connection, campaign) if rt is not None and campaign.ab else None
         variant = pick_variant(campaign, npi, winner)
         _step(trail, "subject_variant", True, f"A/B variant {variant}" + (" (the decided winner)" if winner is not None else ""),
               variant=variant)
@@ -320,23 +466,23 @@ async def _decide(
         rendered = render_campaign(campaign, hcp, data, variant=variant)
     except TemplateError as exc:
         trail.append({"check": "render", "result": "fail", "detail": f"template error: {exc}"})
-        return Decision("failed", f"template error: {exc}")
+        return Decision("failed", f"template error: {exc}"), None
     window = campaign.quiet(config.limits.quiet_hours)
     until = quiet_until(window, hcp, now) if window is not None else None
     row: dict[str, Any] = {
         "id": new_id("msg"), "trigger_id": trigger["id"], "npi": npi, "campaign_id": campaign.id, "kind": "initial",
         "seq": 0, "to_address": address, "subject": rendered.subject, "html": rendered.html,
-        "status": "queued", "attempts": 0, "claimed_until": lease_until, "created_at": now,
-        "campaign_version": campaign.version, "variant": variant,
+        "status": "queued", "attempts": 0, "claim_seq": 0, "claimed_at": None, "claimed_until": None, "due_at": None,
+        "error": None, "created_at": now, "campaign_version": campaign.version, "variant": variant,
     }
     if until is not None:
         reason = hold_reason(window, hcp, until)  # type: ignore[arg-type]
         trail.append({"check": "quiet_hours", "result": "hold", "detail": reason, "until": iso(until)})
-        row.update(status="scheduled", claimed_until=None, due_at=until, error=reason)
-        await connection.execute(messages.insert(), row)
-        return Decision("scheduled", reason, row["id"])
-    await connection.execute(messages.insert(), row)
-    return Decision("queued", f"queued to {address}", row["id"])
+        row.update(status="scheduled", due_at=until, error=reason)
+        return Decision("scheduled", reason, row["id"]), row
+    if claim_until is not None:
+        row.update(status="sending", attempts=1, claim_seq=1, claimed_at=now, claimed_until=claim_until)
+    return Decision("queued", f"queued to {address}", row["id"]), row
 
 
 def _in_words(audience: dict[str, Any]) -> str:

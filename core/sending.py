@@ -23,23 +23,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
 from core.attachments import gather as gather_attachments
 from core.compose import compose
-from core.db import engagement_events, messages, new_id, triggers
-from core.decisions import pick_address
+from core.db import engagement_events, messages, new_id, one_of, triggers
+from core.decisions import decide, pick_address
 from core.directory import mark_address
 from core.classify import classify
 from core.domains import Hold, group_of, limiter_of, paused_domains, record_block
 from core.errors import describe_error
 from core.mailer import Ambiguous, DeliveryError, Stopping
-from core.outbox import record_activity
+from core.group_commit import GroupCommit
+from core.outbox import Fact, record_activities, record_activity
 from core.metrics import BOUNCES, MESSAGES, SEND_SECONDS
 from core.queue import SEND_MESSAGE
 from core.runtime import Runtime
@@ -54,10 +56,7 @@ class ClaimLost(Exception):
 
 _MARK_SENT = (
     update(messages)
-    .where(
-        messages.c.id == bindparam("message"), messages.c.status.in_(("sending", "unknown")),
-        messages.c.claim_seq == bindparam("claim"),
-    )
+    .where(messages.c.id == bindparam("message"))
     .values(
         status="sent", sent_at=bindparam("now"), message_id=bindparam("header_id"), error=None, due_at=None,
         claimed_until=None, links=bindparam("links", type_=messages.c.links.type),
@@ -70,6 +69,18 @@ _MARK_STARTED = (
     update(messages)
     .where(messages.c.id == bindparam("message"), messages.c.status == "sending", messages.c.claim_seq == bindparam("claim"))
     .values(smtp_started_at=bindparam("now"))
+    .returning(messages.c.id)
+)
+"""One autocommit statement of its own, never grouped with other jobs' writes: between it and
+DATA is the one moment where a killed worker leaves an `unknown` message that never left, and
+a group write would widen it."""
+_OURS_TO_MARK = (
+    select(messages.c.id)
+    .where(
+        one_of(messages.c.status, ("sending", "unknown")),
+        tuple_(messages.c.id, messages.c.claim_seq).in_(bindparam("claims", expanding=True)),
+    )
+    .with_for_update()
 )
 """Built once: on the send path, building a statement costs more Python than running it."""
 
@@ -166,60 +177,121 @@ _CLAIM = (
         status="sending", claimed_at=bindparam("now"), claimed_until=bindparam("until"), smtp_started_at=None,
         attempts=messages.c.attempts + 1, claim_seq=messages.c.claim_seq + 1,
     )
-    .returning(*messages.c)
+    .returning(
+        *messages.c,
+        select(triggers.c.source_ref).where(triggers.c.id == messages.c.trigger_id).scalar_subquery().label("source_ref"),
+    )
 )
-_SOURCE_REF = select(triggers.c.source_ref).where(triggers.c.id == bindparam("trigger_id"))
 
 
 async def _claim(rt: Runtime, message_id: str, now: datetime) -> dict[str, Any] | None:
-    async with rt.db.begin() as connection:
-        row = (
-            await connection.execute(_CLAIM, {"message": message_id, "now": now, "until": now + lease(rt)})
-        ).mappings().first()
-        if row is None:
-            return None
-        message = dict(row)
-        message["source_ref"] = (await connection.execute(_SOURCE_REF, {"trigger_id": message["trigger_id"]})).scalar()
-        return message
+    rows = await rt.db.write(_CLAIM, {"message": message_id, "now": now, "until": now + lease(rt)})
+    return dict(rows[0]) if rows else None
 
 
 async def send_message(rt: Runtime, message_id: str) -> str | None:
-    """Send one queued message; returns its new status, or None when it was not ours to send.
+    """Send one queued message (a resend, a retry, one put back); returns its new status, or
+    None when it was not ours to send.
 
     The row stays `queued` while this waits for a pooled SMTP connection; it is claimed only
     once one is in hand."""
     leases = leases_of(rt)
     leases.wait(message_id)
-    message: dict[str, Any] | None = None
+    claimed = False
     try:
         async with rt.mailer.connection() as client:
             message = await _claim(rt, message_id, rt.clock.now())
             if message is None:
                 return None
-            leases.claim(message_id, message["claim_seq"])
-            return await _deliver(rt, message, client)
+            claimed = True
+            return await _recorded(rt, await _deliver_claimed(rt, message, client))
     except Stopping:
         await asyncio.shield(_put_back(rt, message_id))
         return "queued"
-    except ClaimLost:
-        log.warning("message %s: claim expired before DATA; left to whoever holds it now", message_id)
-        return None
     except DeliveryError as error:
-        if message is not None:
+        if claimed:
             raise
         # No connection could be made: the row is still queued, count the attempt.
-        if error.code is not None:
-            verdict = classify(code=error.code, diagnostic=error.detail)
-            BOUNCES.labels(verdict.kind, verdict.reason).inc()
-            if verdict.kind == "block":
-                log.warning("the SMTP server refuses our session (%s: %s)", verdict.reason, error)
+        _no_connection(error)
         return await _unclaimed_failure(rt, message_id, str(error))
     finally:
         leases.drop(message_id)
 
 
-async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
-    """Compose and hand a claimed (`sending`) message to SMTP, then record the outcome."""
+async def decide_and_send(rt: Runtime, trigger_id: str) -> str | None:
+    """Decide a trigger and send its email in the same job; returns the trigger's outcome
+    (the message's status when one was sent), or None when it was not ours to decide.
+
+    The decision creates the message already claimed (one transaction, made together with
+    the decisions of the other jobs running: core.group_commit), and the job then waits for
+    a pooled SMTP connection holding the claim's lease. A job that stops before the SMTP
+    transaction (the worker stopping, no connection to be had) puts the message back."""
+    decision = await decide(rt, trigger_id, claim=True)
+    if decision is None or decision.claimed is None:
+        return decision.status if decision is not None else None
+    message = decision.claimed
+    leases = leases_of(rt)
+    leases.claim(message["id"], message["claim_seq"])
+    connected = False
+    try:
+        async with rt.mailer.connection() as client:
+            connected = True
+            return await _recorded(rt, await _deliver_claimed(rt, message, client))
+    except Stopping:
+        if connected:
+            raise
+        await asyncio.shield(_release(rt, message, "worker stopping before the SMTP transaction"))
+        return "queued"
+    except DeliveryError as error:
+        if connected:
+            raise
+        _no_connection(error)
+        return await _errored(rt, message, str(error))
+    except asyncio.CancelledError:
+        if not connected:
+            await asyncio.shield(_release(rt, message, "worker stopped before the SMTP transaction"))
+        raise
+    finally:
+        leases.drop(message["id"])
+
+
+async def _deliver_claimed(rt: Runtime, message: dict[str, Any], client: Any) -> str | Accepted | None:
+    """Deliver a message this worker claimed, renewing its lease meanwhile (the caller lets
+    go of it); a worker that stops before the SMTP transaction gives it back for the other
+    workers."""
+    leases_of(rt).claim(message["id"], message["claim_seq"])
+    try:
+        return await _deliver(rt, message, client)
+    except Stopping:
+        await asyncio.shield(_put_back(rt, message["id"]))
+        return "queued"
+    except ClaimLost:
+        log.warning("message %s: claim expired before DATA; left to whoever holds it now", message["id"])
+        return None
+
+
+def _no_connection(error: DeliveryError) -> None:
+    if error.code is not None:
+        verdict = classify(code=error.code, diagnostic=error.detail)
+        BOUNCES.labels(verdict.kind, verdict.reason).inc()
+        if verdict.kind == "block":
+            log.warning("the SMTP server refuses our session (%s: %s)", verdict.reason, error)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The SMTP server took the message; `_recorded` writes it `sent`. The caller does so
+    while it still holds the SMTP connection: a worker killed before that write leaves an
+    `unknown` message, and holding the connection bounds those by the pool's size."""
+
+    message: dict[str, Any]
+    campaign: Campaign
+    header_id: str
+
+
+async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str | Accepted:
+    """Compose and hand a claimed (`sending`) message to SMTP; record a refusal, or return
+    the acceptance for the caller to record."""
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
@@ -230,11 +302,7 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
 
     async def mark_started() -> None:
         nonlocal started
-        async with rt.db.begin() as connection:
-            done = await connection.execute(
-                _MARK_STARTED, {"message": message["id"], "claim": message["claim_seq"], "now": rt.clock.now()}
-            )
-        if done.rowcount != 1:
+        if not await rt.db.write(_MARK_STARTED, {"message": message["id"], "claim": message["claim_seq"], "now": rt.clock.now()}):
             raise ClaimLost()
         started = True
 
@@ -250,7 +318,7 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
         # a rate answer.
         async with limiter_of(rt).slot(message["to_address"]):
             with SEND_SECONDS.time():
-                answer = await rt.mailer.transact(
+                await rt.mailer.transact(
                     client, raw, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"],
                     started=mark_started,
                 )
@@ -275,35 +343,68 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
             return await _mark_unknown(rt, message, describe_error(exc))
         return await _errored(rt, message, describe_error(exc))
     MESSAGES.labels("sent").inc()
-    return await _sent(rt, message, campaign, mime["Message-ID"], answer)
+    return Accepted(message, campaign, mime["Message-ID"])
 
 
-async def _sent(rt: Runtime, message: dict[str, Any], campaign: Campaign, header_id: str, answer: str) -> str:
+def sent_writer(rt: Runtime) -> GroupCommit[tuple[dict[str, Any], Campaign, str], bool]:
+    """What sent emails record, written together for the jobs that finish at the same time."""
+    writer = rt.extras.get("sent_writer")
+    if writer is None:
+        writer = rt.extras["sent_writer"] = GroupCommit(lambda batch: _record_sent(rt, batch), name="sent")
+    return writer
+
+
+async def _record_sent(rt: Runtime, batch: list[tuple[dict[str, Any], Campaign, str]]) -> list[bool]:
+    """Messages the SMTP server accepted: `sent`, with what that sets off, in one
+    transaction. A message whose row changed meanwhile (its claim was released and taken
+    again) is left as it is; False for it."""
     now = rt.clock.now()
     async with rt.db.begin() as connection:
-        marked = await connection.execute(
-            _MARK_SENT,
-            {"message": message["id"], "claim": message["claim_seq"], "now": now, "header_id": header_id,
-             "links": message.get("links")},
-        )
-        if marked.rowcount != 1:
-            log.warning("message %s was sent but its row changed meanwhile; left as it is", message["id"])
-            return "sent"
-        await _after_sent(rt, connection, message, campaign, now)
-    log.info("message %s sent to %s", message["id"], message["to_address"])
+        claims = [(message["id"], message["claim_seq"]) for message, _campaign, _header in batch]
+        ours = set((await connection.execute(_OURS_TO_MARK, {"claims": claims})).scalars())
+        mine = [(message, campaign, header) for message, campaign, header in batch if message["id"] in ours]
+        if mine:
+            await connection.execute(_MARK_SENT, [
+                {"message": message["id"], "now": now, "header_id": header, "links": message.get("links")}
+                for message, _campaign, header in mine
+            ])
+            await _after_sent(rt, connection, [(message, campaign) for message, campaign, _header in mine], now)
+    return [message["id"] in ours for message, _campaign, _header in batch]
+
+
+async def _recorded(rt: Runtime, outcome: str | Accepted | None) -> str | None:
+    """The status a delivery ended with; an accepted message is recorded `sent` first."""
+    if not isinstance(outcome, Accepted):
+        return outcome
+    message = outcome.message
+    if await sent_writer(rt).submit((message, outcome.campaign, outcome.header_id)):
+        log.info("message %s sent to %s", message["id"], message["to_address"])
+    else:
+        log.warning("message %s was sent but its row changed meanwhile; left as it is", message["id"])
     return "sent"
 
 
-async def _after_sent(rt: Runtime, connection: AsyncConnection, message: dict[str, Any], campaign: Campaign, now: datetime) -> None:
-    """What a sent message sets off: the trigger's outcome, the next resend, the CRM activity."""
-    await _set_trigger(connection, message, "sent", f"sent to {message['to_address']}")
-    if campaign.resend and message["seq"] < campaign.resend.max:
-        await connection.execute(messages.insert(), {
+async def _after_sent(
+    rt: Runtime, connection: AsyncConnection, sent: list[tuple[dict[str, Any], Campaign]], now: datetime
+) -> None:
+    """What sent messages set off: their triggers' outcome, the next resends, the CRM activities."""
+    outcomes = [
+        {"trigger_id": message["trigger_id"], "outcome": "sent", "why": f"sent to {message['to_address']}"}
+        for message, _campaign in sent if message["kind"] == "initial"
+    ]
+    if outcomes:
+        await connection.execute(_SET_TRIGGER, outcomes)
+    resends = [
+        {
             "id": new_id("msg"), "trigger_id": message["trigger_id"], "npi": message["npi"],
             "campaign_id": campaign.id, "kind": "resend", "seq": message["seq"] + 1, "status": "scheduled",
             "attempts": 0, "due_at": now + campaign.resend.after, "created_at": now,
-        })
-    await record_activity(rt, connection, message, "sent", now, {"to": message["to_address"]})
+        }
+        for message, campaign in sent if campaign.resend and message["seq"] < campaign.resend.max
+    ]
+    if resends:
+        await connection.execute(messages.insert(), resends)
+    await record_activities(rt, connection, [Fact(message, "sent", {"to": message["to_address"]}) for message, _c in sent], now)
 
 
 def _ours(message: dict[str, Any]) -> Any:
@@ -317,7 +418,6 @@ async def _release(rt: Runtime, message: dict[str, Any], reason: str, *, enqueue
     """Put a claimed message whose SMTP transaction never started back to `queued`, not
     counting the attempt, and enqueue it under a new job id (the old one may stay blocked by
     arq's in-progress key)."""
-    now = rt.clock.now()
     async with rt.db.begin() as connection:
         done = await connection.execute(
             update(messages)
@@ -582,7 +682,7 @@ async def resolve_message(rt: Runtime, message_id: str, verdict: str) -> dict[st
                 .values(status="sent", sent_at=message["smtp_started_at"] or now, error="resolved as sent by an operator")
             )
             if campaign is not None:
-                await _after_sent(rt, connection, message, campaign, now)
+                await _after_sent(rt, connection, [(message, campaign)], now)
             else:
                 await _set_trigger(connection, message, "sent", f"sent to {message['to_address']}")
         else:

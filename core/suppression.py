@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, or_, select
+from sqlalchemy import and_, bindparam, delete, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
@@ -30,13 +30,31 @@ _CHECK = (
 """Built once: statement construction costs more Python than the query on the hot path."""
 
 
-async def suppression_check(connection: AsyncConnection, npi: str, campaign: Campaign) -> tuple[str | None, set[str]]:
-    """One query: why the HCP is suppressed for `campaign` (or None), and which of their
-    addresses are blocked on their own."""
-    rows = await connection.execute(_CHECK, {"npi": npi, "campaign_id": campaign.id})
+_COLUMNS = (suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
+_CHECK_MANY = union_all(
+    select(*_COLUMNS, suppressions.c.npi.label("for_npi")).where(suppressions.c.npi.in_(bindparam("npis", expanding=True))),
+    select(*_COLUMNS, hcp_emails.c.npi.label("for_npi"))
+    .select_from(suppressions.join(hcp_emails, suppressions.c.address == hcp_emails.c.address))
+    .where(hcp_emails.c.npi.in_(bindparam("npis", expanding=True))),
+)
+
+
+async def suppression_rows(connection: AsyncConnection, npis: list[str]) -> list[tuple[Any, ...]]:
+    """The suppressions of several HCPs (by NPI or by one of their addresses), of every
+    campaign scope, oldest first: (reason, address, campaign_id, created_at, npi). `judge`
+    reads one HCP's rows for one campaign, as `suppression_check` does."""
+    rows = [tuple(row) for row in await connection.execute(_CHECK_MANY, {"npis": npis})]
+    return sorted(rows, key=lambda row: row[3])
+
+
+def judge(rows: Any, campaign: Campaign) -> tuple[str | None, set[str]]:
+    """Why an HCP is suppressed for `campaign` (or None), and which of their addresses are
+    blocked on their own, from their suppression rows (oldest first)."""
     reason: str | None = None
     blocked: set[str] = set()
     for why, address, campaign_id, created_at in rows:
+        if campaign_id is not None and campaign_id != campaign.id:
+            continue
         if campaign.kind == "transactional" and why in MARKETING_ONLY:
             continue
         if address is not None:
@@ -45,6 +63,12 @@ async def suppression_check(connection: AsyncConnection, npi: str, campaign: Cam
             scope = f" from {campaign_id}" if campaign_id else ""
             reason = f"{why}{scope} since {created_at:%Y-%m-%d %H:%M} UTC"
     return reason, blocked
+
+
+async def suppression_check(connection: AsyncConnection, npi: str, campaign: Campaign) -> tuple[str | None, set[str]]:
+    """One query: why the HCP is suppressed for `campaign` (or None), and which of their
+    addresses are blocked on their own."""
+    return judge(await connection.execute(_CHECK, {"npi": npi, "campaign_id": campaign.id}), campaign)
 
 
 async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:

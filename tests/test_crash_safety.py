@@ -113,8 +113,11 @@ async def test_a_job_cancelled_before_the_smtp_transaction_puts_its_message_back
     assert len(sink.messages) == 1
 
 
-async def test_a_job_waiting_for_a_connection_leaves_its_message_queued(harness: Harness) -> None:
-    """The decision does not claim: until an SMTP connection is free the message is `queued`."""
+async def test_a_job_waiting_for_a_connection_holds_a_lease_and_a_stop_puts_its_email_back(harness: Harness) -> None:
+    """A trigger job's decision claims the message; while the job waits for an SMTP
+    connection the claim has a lease (so the sweep leaves it alone) and no SMTP transaction
+    has started. A stopping worker puts the email back, queued for the other workers, with
+    its attempt not counted."""
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
     sink.data_delay = 1.0
     harness.rt.mailer._slots = asyncio.Semaphore(1)
@@ -123,19 +126,22 @@ async def test_a_job_waiting_for_a_connection_leaves_its_message_queued(harness:
     await until(sink.in_data)
     for _ in range(100):
         async with harness.rt.db.connect() as connection:
-            rows = [dict(r) for r in (await connection.execute(select(messages))).mappings()]
-        if len(rows) == 2:
+            waiting = (await connection.execute(select(messages).where(messages.c.trigger_id == second["id"]))).mappings().first()
+        if waiting is not None:
             break
         await asyncio.sleep(0.02)
-    assert sorted(row["status"] for row in rows) == ["queued", "sending"]
-    waiting = next(row for row in rows if row["status"] == "queued")
-    assert waiting["claimed_until"] is not None  # leased by the waiting job, so the sweep leaves it
+    assert waiting is not None and waiting["status"] == "sending"
+    assert waiting["claimed_until"] is not None and waiting["smtp_started_at"] is None
     harness.rt.mailer.stop()  # what SIGTERM does: the waiting job gives its message back
     results = await asyncio.gather(one, two)
     assert sorted(results) == ["queued", "sent"]
-    row = await message_row(harness, waiting["trigger_id"])
+    row = await message_row(harness, second["id"])
     assert (row["status"], row["claimed_until"], row["attempts"]) == ("queued", None, 0)
+    assert "before the SMTP transaction" in row["error"]
     assert len(sink.messages) == 1
+    harness.rt.mailer.stopping = False  # another worker
+    await drain(harness.rt)
+    assert (await harness.outcome(second["id"]))["status"] == "sent" and len(sink.messages) == 2
 
 
 async def test_a_cancellation_inside_data_lets_the_transaction_finish_within_the_grace(harness: Harness) -> None:

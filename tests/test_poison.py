@@ -9,13 +9,15 @@ stored event whose timestamp the code cannot read."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
 
 from core.db import inbound_events, messages
-from tests.harness import BASE_CONFIG, Harness
+from core.decisions import decide
+from tests.harness import BASE_CONFIG, OMAR, Harness
 
 
 @pytest.fixture
@@ -54,6 +56,18 @@ async def test_a_trigger_whose_decision_raises_is_retried_with_backoff_then_fail
     assert view["messages"] == [] and harness.smtp.messages == []
     await harness.later(hours=2)
     assert (await harness.outcome(accepted["id"]))["attempts"] == 5  # ended: no further tries
+
+
+async def test_a_poison_trigger_decided_together_with_others_fails_alone(harness: Harness) -> None:
+    """The decisions of concurrent jobs are made in one transaction: one that raises is
+    retried on its own and holds nobody else back."""
+    poison = await harness.trigger(campaign_id="per-visit", data={"visits": 0})
+    healthy = await harness.trigger(npi=OMAR, campaign_id="cardio-webinar")
+    results = await asyncio.gather(decide(harness.rt, poison["id"]), decide(harness.rt, healthy["id"]))
+    assert results[0] is None and results[1] is not None and results[1].status == "queued"
+    view = await harness.outcome(poison["id"])
+    assert (view["status"], view["attempts"]) == ("pending", 1) and "ZeroDivisionError" in view["reason"]
+    assert (await harness.outcome(healthy["id"]))["status"] == "queued"
 
 
 async def test_a_message_that_raises_before_smtp_is_retried_with_backoff_then_failed(harness: Harness) -> None:

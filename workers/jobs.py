@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.decisions import decide
 from core.outbox import push_outbox
 from core.runtime import Runtime
 from core.scheduler import sweep as sweep_due
-from core.sending import send_message as send_one
+from core.sending import decide_and_send, send_message as send_one
 
 
 def _rt(ctx: dict[str, Any]) -> Runtime:
@@ -16,14 +15,7 @@ def _rt(ctx: dict[str, Any]) -> Runtime:
 
 
 async def process_trigger(ctx: dict[str, Any], trigger_id: str) -> str | None:
-    rt = _rt(ctx)
-    decision = await decide(rt, trigger_id, send_now=True)
-    if decision is None:
-        return None
-    if decision.message_id is not None and decision.status == "queued":  # not one held for quiet hours
-        # Sent in the same job; the row stays `queued` until an SMTP connection is in hand.
-        return await send_one(rt, decision.message_id)
-    return decision.status
+    return await decide_and_send(_rt(ctx), trigger_id)
 
 
 async def send_message(ctx: dict[str, Any], message_id: str) -> str | None:
