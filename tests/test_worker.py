@@ -15,7 +15,7 @@ from core.queue import PROCESS_TRIGGER
 from core.runtime import build_runtime
 from core.schema import upgrade
 from core.triggers import accept_trigger
-from tests.harness import JANE, SmtpSink, drain, load_directory, make_config
+from tests.harness import JANE, MEI, OMAR, SmtpSink, drain, load_directory, make_config
 from workers.settings import make_worker
 
 pytestmark = pytest.mark.default_backend
@@ -89,6 +89,22 @@ async def test_duplicate_enqueue_runs_once(live_runtime) -> None:  # type: ignor
     assert not await rt.queue.enqueue(PROCESS_TRIGGER, accepted.id, job_id=job_id)
     await drain(rt)
     assert [str(m["To"]) for m in sink.messages] == ["jane.doe@clinic.example"]
+
+
+async def test_two_workers_on_one_queue_take_each_job_once(live_runtime) -> None:  # type: ignore[no-untyped-def]
+    from arq.jobs import Job
+
+    rt, sink = live_runtime
+    accepted = [await accept_trigger(rt, npi=npi, campaign_id="quick") for npi in (JANE, OMAR, MEI)]
+    workers = [make_worker(rt, burst=True, handle_signals=False) for _ in range(2)]
+    await asyncio.gather(*(worker.main() for worker in workers))
+    assert sum(w.jobs_complete for w in workers) == 3 and sum(w.jobs_failed + w.jobs_retried for w in workers) == 0
+    for trigger in accepted:
+        result = await Job(f"trigger:{trigger.id}", rt.queue.redis).result_info()
+        assert result is not None and result.success and result.job_try == 1, result
+    assert sorted(str(m["To"]) for m in sink.messages) == sorted(set(str(m["To"]) for m in sink.messages))
+    assert len(sink.messages) == 3
+    assert await rt.queue.redis.keys("arq:in-progress:*") == []
 
 
 async def test_a_redis_flush_loses_nothing(live_runtime) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@ from signal import Signals
 from typing import Any
 
 from arq import cron
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker, get_kwargs
 
 from config import Settings
@@ -46,12 +48,40 @@ class StoppingWorker(Worker):
     _stopping = False
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq reads the head of the queue, where the jobs this worker is running still sit
-        until they finish, and checks each in Redis (WATCH, EXISTS, ZSCORE) before skipping it:
-        at hundreds of jobs a second that was most of the worker's Redis traffic. A job this
-        worker is running is skipped without asking; arq's own check still guards the rest."""
+        """arq's `start_jobs` with one Redis round trip per job instead of four.
+
+        arq takes a job with WATCH in-progress key, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC,
+        and reads the head of the queue, where the jobs this worker is running sit until
+        they finish. Here a job this worker runs is skipped without asking, and a job is taken
+        with `SET in-progress-key NX PX` and `ZSCORE` in one MULTI: the NX is the atomic form
+        of arq's watched check (another worker holds the job: not taken); a job no longer
+        queued or not yet due lets go of the key. The slot accounting (`sem`, `job_counter`,
+        `tasks`) and `run_job` are arq's own. At hundreds of jobs a second this was an eighth
+        of the worker's CPU."""
         running = {job_id for job_id, task in self.tasks.items() if not task.done()}
-        await super().start_jobs([job_id for job_id in job_ids if job_id.decode() not in running])
+        for job_id_b in job_ids:
+            job_id = job_id_b.decode()
+            if job_id in running:
+                continue
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            key = in_progress_key_prefix + job_id
+            async with self.pool.pipeline(transaction=True) as pipe:
+                pipe.set(key, b"1", px=int(self.in_progress_timeout_s * 1000), nx=True)
+                pipe.zscore(self.queue_name, job_id)
+                taken, score = await pipe.execute()
+            if not taken or not score or score > timestamp_ms():
+                if taken:
+                    await self.pool.delete(key)
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     def handle_sig(self, signum: Signals) -> None:
         rt: Runtime | None = self.ctx.get("runtime")
