@@ -4,12 +4,11 @@ headers (RFC 8058), VERP Return-Path, tracking, text part."""
 from __future__ import annotations
 
 from email.message import Message
-from email.utils import parseaddr
 from html import escape
 from typing import Any
 
 from config import Campaign
-from core.mailer import OutgoingEmail
+from core.mailer import OutgoingEmail, address_of
 from core.markup import append_to_body
 from core.runtime import Runtime
 from core.tracking import Tokens, track_html
@@ -49,7 +48,7 @@ def compose(
     own = campaign.sender
     sender_from = (own.from_ if own else None) or config.sender.from_
     reply_to = (own.reply_to if own else None) or config.sender.reply_to
-    sender_address = parseaddr(sender_from)[1]
+    sender_address = address_of(sender_from)
     sender_domain = sender_address.rpartition("@")[2]
     bounce_token = tokens.bounce(message["id"])
     headers: dict[str, str] = {"X-Trigger-Email-Token": bounce_token}

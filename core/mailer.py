@@ -15,7 +15,6 @@ from email.header import Header
 from email.message import Message
 from email.encoders import encode_base64
 from email.mime.base import MIMEBase
-from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from contextlib import asynccontextmanager
@@ -94,8 +93,8 @@ class OutgoingEmail:
         """multipart/alternative, text then HTML, quoted-printable UTF-8. Built with the
         compat32 classes: the modern header registry costs four times as much per email,
         which shows at hundreds of emails a second."""
-        alternative = MIMEMultipart("alternative", boundary=_boundary())
-        message = MIMEMultipart("mixed", boundary=_boundary()) if self.attachments else alternative
+        alternative = _multipart("alternative")
+        message = _multipart("mixed") if self.attachments else alternative
         message["From"] = _address_header(self.sender)
         message["To"] = _address_header(self.to)
         message["Subject"] = _text_header(self.subject)
@@ -123,6 +122,12 @@ def _attachment(filename: str, content_type: str, data: bytes) -> Message:
     return part
 
 
+def _multipart(subtype: str) -> Message:
+    """A multipart with its boundary in the Content-Type as built (`MIMEMultipart(boundary=)`
+    writes the header, then parses it again to set the boundary)."""
+    return MIMEBase("multipart", subtype, boundary=_boundary())
+
+
 def _boundary() -> str:
     """`=_` cannot occur in a quoted-printable or base64 body, so the boundary needs no
     search through the parts (the generator's own search compiles a regex per email)."""
@@ -143,8 +148,14 @@ def _text_header(value: str) -> str | Header:
 
 
 @lru_cache(maxsize=256)
+def address_of(value: str) -> str:
+    """The address in `Name <address>`, cached: senders are a handful of strings, and the
+    email package's parser is slow pure Python."""
+    return parseaddr(value)[1]
+
+
 def _domain_of(value: str) -> str | None:
-    return parseaddr(value)[1].rpartition("@")[2] or None
+    return address_of(value).rpartition("@")[2] or None
 
 
 @lru_cache(maxsize=256)
