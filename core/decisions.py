@@ -219,11 +219,11 @@ async def pick_address(connection: AsyncConnection, npi: str, campaign: Campaign
 async def decide(rt: Runtime, trigger_id: str, *, claim: bool = False) -> Decision | None:
     """Decide a pending trigger; None when it was already decided (a duplicate job) or not due.
 
-    The message is created `queued` and a send job is enqueued. With `claim`, the caller holds
-    an SMTP connection and sends the message in the same job: it is created already claimed
-    (`sending`, with a lease the caller renews), in the decision's own transaction, and comes
-    back in `Decision.claimed`; a worker that dies lets the lease run out and the sweep puts
-    the message back.
+    The message is created `queued` and a send job is enqueued. With `claim`, the caller sends
+    the message in the same job: it is created already claimed (`sending`, with a lease the
+    caller renews while it waits for an SMTP connection), in the decision's own transaction,
+    and comes back in `Decision.claimed`; a worker that dies lets the lease run out and the
+    sweep puts the message back.
 
     The decisions of concurrent jobs are made together (core.group_commit): one transaction
     and a handful of set-based statements for the whole batch."""
@@ -247,6 +247,9 @@ async def decide_batch(rt: Runtime, items: list[tuple[str, bool]]) -> list[Decis
     now = rt.clock.now()
     config = rt.config
     decided: dict[str, Decision | None] = {}
+    duplicates: set[int] = set()
+    """Positions of a trigger asked for twice in one batch (two jobs for it): only the first
+    decides it, the other gets None, as it would after waiting for the first's row lock."""
     later: list[tuple[str, bool]] = []
     async with rt.db.begin() as connection:
         rows = (
@@ -255,10 +258,13 @@ async def decide_batch(rt: Runtime, items: list[tuple[str, bool]]) -> list[Decis
         by_id = {row["id"]: row for row in rows}
         chosen: list[tuple[Any, bool]] = []
         npis: set[str] = set()
-        for trigger_id, claim in items:
+        for position, (trigger_id, claim) in enumerate(items):
             trigger = by_id.get(trigger_id)
-            if trigger is None or trigger_id in decided:
-                decided.setdefault(trigger_id, None)
+            if trigger_id in decided or any(trigger_id == other for other, _ in later):
+                duplicates.add(position)
+                continue
+            if trigger is None:
+                decided[trigger_id] = None
                 continue
             if trigger["npi"] in npis:
                 later.append((trigger_id, claim))
@@ -312,7 +318,7 @@ async def decide_batch(rt: Runtime, items: list[tuple[str, bool]]) -> list[Decis
         log.info("trigger %s → %s (%s)", trigger["id"], decision.status, decision.reason)
     if later:
         decided.update(zip((trigger_id for trigger_id, _ in later), await decide_batch(rt, later)))
-    return [decided[trigger_id] for trigger_id, _ in items]
+    return [None if position in duplicates else decided[trigger_id] for position, (trigger_id, _) in enumerate(items)]
 
 
 async def decision_failed(rt: Runtime, trigger_id: str, error: str) -> Decision | None:

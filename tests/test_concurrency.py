@@ -16,6 +16,7 @@ from core.db import triggers
 from core.decisions import decide
 from core.triggers import accept_trigger
 from tests.harness import BASE_CONFIG, JANE, Harness, drain
+from workers.jobs import process_trigger
 
 
 async def outcomes(h: Harness) -> dict[str, int]:
@@ -30,6 +31,15 @@ async def test_fifty_concurrent_decisions_send_one_email(harness: Harness) -> No
     await drain(harness.rt)
     assert await outcomes(harness) == {"sent": 1, "cooldown": 49}
     assert len(harness.smtp.messages) == 1
+
+
+async def test_jobs_running_twice_for_one_trigger_decide_and_send_it_once(harness: Harness) -> None:
+    """arq or the sweep may run a trigger's job twice at once; the decisions of concurrent
+    jobs are made together, and the trigger is still decided, claimed and sent once."""
+    accepted = await accept_trigger(harness.rt, npi=JANE, campaign_id="asthma-launch")
+    results = await asyncio.gather(*(process_trigger({"runtime": harness.rt}, accepted.id) for _ in range(3)))
+    assert sorted(results, key=str) == [None, None, "sent"]
+    assert len(harness.smtp.messages) == 1 and await outcomes(harness) == {"sent": 1}
 
 
 async def test_fifty_identical_triggers_over_three_worker_processes_send_one_email(harness: Harness, tmp_path: Path) -> None:
