@@ -43,14 +43,15 @@ class GroupCommit(Generic[Item, Result]):
         return await future
 
     async def _run(self) -> None:
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending[: self.limit], self._pending[self.limit :]
                 await self._write(batch)
         except BaseException as exc:  # cancelled with the loop: whoever still waits must not hang
-            for _item, future in self._pending:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(f"{self.name}: stopped"))
+            error = exc if isinstance(exc, Exception) else RuntimeError(f"{self.name}: stopped before the write")
+            for _item, future in batch + self._pending:
+                _settle(future, error=error)
             self._pending = []
             raise
 
