@@ -3,7 +3,9 @@ backoff, resends follow `resend.after` up to `max`, SMTP URLs with TLS and auth.
 
 from __future__ import annotations
 
+import random
 import ssl
+import string
 from datetime import timedelta
 from pathlib import Path
 
@@ -186,3 +188,22 @@ async def test_pause_holds_a_retry_and_resume_releases_it(harness: Harness) -> N
     await harness.later(seconds=1)
     assert (await harness.outcome(result["id"]))["status"] == "sent"
     assert len(harness.smtp.messages) == 1
+
+
+def test_headers_go_on_the_wire_exactly_as_compat32_writes_them() -> None:
+    """The wire policy writes a printable one-line header as it is instead of running it
+    through `Header.encode`: the bytes must be the ones compat32 would have written, for
+    every header, including those it leaves to compat32 (long, non-ASCII, tabs)."""
+    from email import policy
+
+    from core.mailer import HEADER_POLICY
+
+    compat32 = policy.compat32.clone(linesep="\r\n", max_line_length=998)
+    rng = random.Random(2026)
+    alphabet = string.printable.replace("\r", "").replace("\n", "").replace("\x0b", "").replace("\x0c", "")
+    values = [
+        "a  b", " leading", "trailing ", "tab\there", "x" * 985, "x" * 1200, "Zoë Ångström", "=?utf-8?q?x?=", "",
+        "<https://trigger.pharma.example/u/u.msg_1.abc>, <mailto:unsubscribe@pharma.example?subject=unsubscribe-1>",
+    ] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 200))) for _ in range(3000)]
+    for value in values:
+        assert HEADER_POLICY.fold_binary("Subject", value) == compat32.fold_binary("Subject", value), value
