@@ -395,7 +395,9 @@ class Database:
                 self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
                 **(pgbouncer_options() if pgbouncer else {}),
             )
-            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Autocommit for single statements, except behind PgBouncer in transaction mode: outside
+        # a transaction asyncpg's prepare and execute may reach different server connections.
+        self._autocommit = None if self.is_sqlite or pgbouncer else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -406,13 +408,9 @@ class Database:
         """One statement committed on its own; the rows it returns (with RETURNING).
 
         On PostgreSQL it runs in autocommit: one round trip instead of three (BEGIN, the
-        statement, COMMIT), which counts on the send path. On SQLite it is a transaction like
-        any other write (`BEGIN IMMEDIATE`)."""
-        if self.is_sqlite:
-            async with self.begin() as connection:
-                result = await connection.execute(statement, parameters)
-                return list(result.mappings()) if result.returns_rows else []
-        async with self._autocommit.connect() as connection:
+        statement, COMMIT), which counts on the send path. On SQLite, and behind PgBouncer, it
+        is a transaction like any other write."""
+        async with self.begin() if self._autocommit is None else self._autocommit.connect() as connection:
             result = await connection.execute(statement, parameters)
             return list(result.mappings()) if result.returns_rows else []
 
