@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -204,7 +203,8 @@ async def send_message(rt: Runtime, message_id: str) -> str | None:
             if message is None:
                 return None
             claimed = True
-            return await _recorded(rt, await _deliver_claimed(rt, message, client))
+            leases.claim(message_id, message["claim_seq"])
+            return await _deliver_claimed(rt, message, client)
     except Stopping:
         await asyncio.shield(_put_back(rt, message_id))
         return "queued"
@@ -236,7 +236,7 @@ async def decide_and_send(rt: Runtime, trigger_id: str) -> str | None:
     try:
         async with rt.mailer.connection() as client:
             connected = True
-            return await _recorded(rt, await _deliver_claimed(rt, message, client))
+            return await _deliver_claimed(rt, message, client)
     except Stopping:
         if connected:
             raise
@@ -255,11 +255,9 @@ async def decide_and_send(rt: Runtime, trigger_id: str) -> str | None:
         leases.drop(message["id"])
 
 
-async def _deliver_claimed(rt: Runtime, message: dict[str, Any], client: Any) -> str | Accepted | None:
-    """Deliver a message this worker claimed, renewing its lease meanwhile (the caller lets
-    go of it); a worker that stops before the SMTP transaction gives it back for the other
-    workers."""
-    leases_of(rt).claim(message["id"], message["claim_seq"])
+async def _deliver_claimed(rt: Runtime, message: dict[str, Any], client: Any) -> str | None:
+    """Deliver a message this worker claimed (the caller holds its lease); a worker that
+    stops before the SMTP transaction gives it back for the other workers."""
     try:
         return await _deliver(rt, message, client)
     except Stopping:
@@ -278,20 +276,11 @@ def _no_connection(error: DeliveryError) -> None:
             log.warning("the SMTP server refuses our session (%s: %s)", verdict.reason, error)
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """The SMTP server took the message; `_recorded` writes it `sent`. The caller does so
-    while it still holds the SMTP connection: a worker killed before that write leaves an
-    `unknown` message, and holding the connection bounds those by the pool's size."""
-
-    message: dict[str, Any]
-    campaign: Campaign
-    header_id: str
-
-
-async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str | Accepted:
-    """Compose and hand a claimed (`sending`) message to SMTP; record a refusal, or return
-    the acceptance for the caller to record."""
+async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
+    """Compose and hand a claimed (`sending`) message to SMTP, then record the outcome. It is
+    recorded while the caller still holds the SMTP connection: a worker killed before that
+    write leaves an `unknown` message, and holding the connection bounds those by the pool's
+    size."""
     campaign = rt.config.campaign(message["campaign_id"])
     if campaign is None:
         return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
@@ -343,7 +332,7 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str | A
             return await _mark_unknown(rt, message, describe_error(exc))
         return await _errored(rt, message, describe_error(exc))
     MESSAGES.labels("sent").inc()
-    return Accepted(message, campaign, mime["Message-ID"])
+    return await _sent(rt, message, campaign, mime["Message-ID"])
 
 
 def sent_writer(rt: Runtime) -> GroupCommit[tuple[dict[str, Any], Campaign, str], bool]:
@@ -372,12 +361,9 @@ async def _record_sent(rt: Runtime, batch: list[tuple[dict[str, Any], Campaign, 
     return [message["id"] in ours for message, _campaign, _header in batch]
 
 
-async def _recorded(rt: Runtime, outcome: str | Accepted | None) -> str | None:
-    """The status a delivery ended with; an accepted message is recorded `sent` first."""
-    if not isinstance(outcome, Accepted):
-        return outcome
-    message = outcome.message
-    if await sent_writer(rt).submit((message, outcome.campaign, outcome.header_id)):
+async def _sent(rt: Runtime, message: dict[str, Any], campaign: Campaign, header_id: str) -> str:
+    """Record a message the SMTP server accepted, together with the other jobs' (`sent_writer`)."""
+    if await sent_writer(rt).submit((message, campaign, header_id)):
         log.info("message %s sent to %s", message["id"], message["to_address"])
     else:
         log.warning("message %s was sent but its row changed meanwhile; left as it is", message["id"])
