@@ -60,42 +60,6 @@ def audience_problem(campaign: Campaign, hcp: dict[str, Any]) -> str | None:
     return None
 
 
-@lru_cache(maxsize=32)
-def _history_statement(uncapped: tuple[str, ...]) -> Any:
-    """Built once per set of uncapped campaigns: building a statement costs more Python than
-    running it, on the hottest path of the worker."""
-    moment = func.coalesce(messages.c.sent_at, messages.c.created_at)
-    mine = messages.c.campaign_id == bindparam("campaign_id")
-    capped = moment >= bindparam("since", type_=messages.c.created_at.type)
-    if uncapped:
-        capped = and_(capped, one_of(messages.c.campaign_id, uncapped, negate=True))
-    # An initial email held for quiet hours counts as sent: a second trigger in the window
-    # must not queue a second email.
-    held = and_(messages.c.status == "scheduled", messages.c.kind == "initial")
-    return select(
-        func.max(case((mine, moment))),
-        func.max(case((mine, messages.c.opened_at))),
-        func.count(case((capped, 1))),
-    ).where(messages.c.npi == bindparam("npi"), or_(one_of(messages.c.status, ACTIVE), held))
-
-
-async def contact_history(
-    connection: AsyncConnection, config: Config, npi: str, campaign_id: str, since: datetime
-) -> tuple[datetime | None, int]:
-    """One query over this HCP's emails: when this campaign last reached them (sent or
-    opened, whichever is later) and how many capped (marketing) emails went out since `since`."""
-    uncapped = tuple(c.id for c in config.campaigns if c.kind == "transactional")
-    row = await connection.execute(
-        _history_statement(uncapped), {"npi": npi, "campaign_id": campaign_id, "since": since}
-    )
-    last_sent, last_open, recent = row.one()
-    moments = [value for value in (last_sent, last_open) if value is not None]
-    return (max(moments) if moments else None), int(recent or 0)
-
-
-_ADDRESS_BOOK = select(
-    hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id
-).where(hcp_emails.c.npi == bindparam("npi"))
 _CLAIM_TRIGGERS = (
     update(triggers)
     .where(
@@ -130,6 +94,8 @@ def _histories_statement(uncapped: tuple[str, ...]) -> Any:
     capped = moment >= bindparam("since", type_=messages.c.created_at.type)
     if uncapped:
         capped = and_(capped, one_of(messages.c.campaign_id, uncapped, negate=True))
+    # An initial email held for quiet hours counts as sent: a second trigger in the window
+    # must not queue a second email.
     held = and_(messages.c.status == "scheduled", messages.c.kind == "initial")
     return (
         select(messages.c.npi, messages.c.campaign_id, func.max(moment), func.max(messages.c.opened_at), func.count(case((capped, 1))))
@@ -148,7 +114,8 @@ class Facts:
     history: dict[str, dict[str, tuple[datetime | None, datetime | None, int]]] = field(default_factory=dict)
 
     def contact(self, config: Config, npi: str, campaign_id: str) -> tuple[datetime | None, int]:
-        """As `contact_history`: the campaign's last contact, and capped emails in the window."""
+        """When `campaign_id` last reached the HCP (sent or opened, whichever is later), and how
+        many capped (marketing) emails went out to them in the window."""
         uncapped = {c.id for c in config.campaigns if c.kind == "transactional"}
         per_campaign = self.history.get(npi, {})
         last_sent, last_open, _ = per_campaign.get(campaign_id, (None, None, 0))
@@ -168,17 +135,38 @@ async def gather_facts(connection: AsyncConnection, config: Config, npis: list[s
         return facts
     for row in await suppression_rows(connection, known):
         facts.suppressions.setdefault(row[-1], []).append(row[:-1])
-    for row in (await connection.execute(_ADDRESS_BOOKS, {"npis": known})).mappings():
-        entry = dict(row)
-        facts.books.setdefault(entry.pop("npi"), []).append(entry)
-    for book in facts.books.values():
-        book.sort(key=_book_order)
-    uncapped = tuple(c.id for c in config.campaigns if c.kind == "transactional")
-    for npi, campaign_id, last_sent, last_open, count in await connection.execute(
-        _histories_statement(uncapped), {"npis": known, "since": since}
-    ):
-        facts.history.setdefault(npi, {})[campaign_id] = (last_sent, last_open, int(count or 0))
+    facts.books = await _address_books(connection, known)
+    facts.history = await _histories(connection, config, known, since)
     return facts
+
+
+async def _address_books(connection: AsyncConnection, npis: list[str]) -> dict[str, list[dict[str, Any]]]:
+    books: dict[str, list[dict[str, Any]]] = {}
+    for row in (await connection.execute(_ADDRESS_BOOKS, {"npis": npis})).mappings():
+        entry = dict(row)
+        books.setdefault(entry.pop("npi"), []).append(entry)
+    for book in books.values():
+        book.sort(key=_book_order)
+    return books
+
+
+async def _histories(
+    connection: AsyncConnection, config: Config, npis: list[str], since: datetime
+) -> dict[str, dict[str, tuple[datetime | None, datetime | None, int]]]:
+    uncapped = tuple(c.id for c in config.campaigns if c.kind == "transactional")
+    history: dict[str, dict[str, tuple[datetime | None, datetime | None, int]]] = {}
+    for npi, campaign_id, last_sent, last_open, count in await connection.execute(
+        _histories_statement(uncapped), {"npis": npis, "since": since}
+    ):
+        history.setdefault(npi, {})[campaign_id] = (last_sent, last_open, int(count or 0))
+    return history
+
+
+async def contact_history(
+    connection: AsyncConnection, config: Config, npi: str, campaign_id: str, since: datetime
+) -> tuple[datetime | None, int]:
+    """One HCP's contact history as a decision reads it (`Facts.contact`), since `since`."""
+    return Facts(history=await _histories(connection, config, [npi], since)).contact(config, npi, campaign_id)
 
 
 def _book_order(entry: dict[str, Any]) -> tuple[int, int, int]:
@@ -200,8 +188,7 @@ def _step(trail: list[dict[str, Any]], check: str, ok: bool, detail: str, **fact
 
 async def address_book(connection: AsyncConnection, npi: str) -> list[dict[str, Any]]:
     """All of the HCP's addresses, best first: directory before other sources, then rank."""
-    rows = await connection.execute(_ADDRESS_BOOK, {"npi": npi})
-    return sorted((dict(row) for row in rows.mappings()), key=_book_order)
+    return (await _address_books(connection, [npi])).get(npi, [])
 
 
 def first_deliverable(book: list[dict[str, Any]], blocked: set[str]) -> str | None:
@@ -301,10 +288,11 @@ async def decide_batch(rt: Runtime, items: list[tuple[str, bool]]) -> list[Decis
         claimed = {
             row["id"]: dict(row) for row in (await connection.execute(_INSERT_CLAIMED, claimed_inserts)).mappings()
         } if claimed_inserts else {}
-        await connection.execute(_SET_OUTCOME, [
-            {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason, "trail": trails[trigger_id]}
-            for trigger_id, decision in outcomes.items()
-        ]) if outcomes else None
+        if outcomes:
+            await connection.execute(_SET_OUTCOME, [
+                {"trigger_id": trigger_id, "outcome": decision.status, "why": decision.reason, "trail": trails[trigger_id]}
+                for trigger_id, decision in outcomes.items()
+            ])
     for trigger, _claim in chosen:
         decision = outcomes[trigger["id"]]
         if decision.message_id in claimed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, or_, select, union_all
+from sqlalchemy import and_, bindparam, delete, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
@@ -14,20 +14,6 @@ from core.db import hcp_emails, suppressions
 MARKETING_ONLY = {"unsubscribed"}
 """Reasons that stop marketing mail but not transactional mail (an unsubscribe from
 newsletters does not cancel a requested sample confirmation)."""
-
-
-_CHECK = (
-    select(suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
-    .where(
-        or_(
-            suppressions.c.npi == bindparam("npi"),
-            suppressions.c.address.in_(select(hcp_emails.c.address).where(hcp_emails.c.npi == bindparam("npi")).scalar_subquery()),
-        ),
-        or_(suppressions.c.campaign_id.is_(None), suppressions.c.campaign_id == bindparam("campaign_id")),
-    )
-    .order_by(suppressions.c.created_at)
-)
-"""Built once: statement construction costs more Python than the query on the hot path."""
 
 
 _COLUMNS = (suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
@@ -68,7 +54,7 @@ def judge(rows: Any, campaign: Campaign) -> tuple[str | None, set[str]]:
 async def suppression_check(connection: AsyncConnection, npi: str, campaign: Campaign) -> tuple[str | None, set[str]]:
     """One query: why the HCP is suppressed for `campaign` (or None), and which of their
     addresses are blocked on their own."""
-    return judge(await connection.execute(_CHECK, {"npi": npi, "campaign_id": campaign.id}), campaign)
+    return judge([row[:-1] for row in await suppression_rows(connection, [npi])], campaign)
 
 
 async def suppression_reason(connection: AsyncConnection, npi: str, campaign: Campaign) -> str | None:
