@@ -33,6 +33,9 @@ class Runtime:
     """Adapters attach their own things here (connectors, metrics) without core naming them."""
 
     async def aclose(self) -> None:
+        # The CRM connectors an adapter attached (core does not know them, only that they close).
+        for connector in self.extras.pop("connectors", {}).values():
+            await connector.aclose()
         leases = self.extras.get("leases")
         if leases is not None:
             leases.close()

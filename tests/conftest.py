@@ -74,6 +74,4 @@ async def harness(database_url: str, redis_url: str, smtp: tuple[SmtpSink, str],
     await load_directory(h.rt, tmp_path)
     yield h
     await h.client.aclose()
-    for connector in h.rt.extras.get("connectors", {}).values():
-        await connector.aclose()
     await h.rt.aclose()

@@ -168,8 +168,6 @@ async def hubspot_harness(database_url: str, redis_url: str, smtp: Any, tmp_path
         await load_directory(h.rt, tmp_path)
         yield h
         await h.client.aclose()
-        for connector in h.rt.extras.get("connectors", {}).values():
-            await connector.aclose()
         await h.rt.aclose()
 
 

@@ -42,8 +42,6 @@ async def client(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, int]]
     attach_connectors(rt)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url=rt.config.public_url) as c:
         yield c, port
-    for connector in rt.extras.get("connectors", {}).values():
-        await connector.aclose()
     await rt.aclose()
     dead.close()
 

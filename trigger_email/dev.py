@@ -145,8 +145,6 @@ async def run_dev(*, port: int, data_dir: Path, config_path: Path | None, direct
         await worker.close()
         bounce_server.close()
         await flush_engagement(rt)
-        for connector in rt.extras.get("connectors", {}).values():
-            await connector.aclose()
         await rt.aclose()
         if capture is not None:
             capture.stop()
