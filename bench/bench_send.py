@@ -144,6 +144,7 @@ async def run_once(count: int, mode: str, *, baselines: bool = False) -> tuple[f
     for npi in npis:
         await accept_trigger(rt, npi=npi, campaign_id="bench")
     worker = make_worker(rt, handle_signals=False)
+    print(f"sending {len(npis)} triggers…", flush=True)
     cpu = time.process_time()
     start = time.perf_counter()
     task = asyncio.create_task(worker.main())

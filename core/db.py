@@ -4,6 +4,7 @@ SQLAlchemy Core statements run on both."""
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Iterable
@@ -22,10 +23,16 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    any_,
+    bindparam,
     event,
     literal,
 )
-from sqlalchemy.engine import RowMapping, make_url
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
@@ -397,20 +404,54 @@ class Database:
             )
         # Autocommit for single statements, except behind PgBouncer in transaction mode: outside
         # a transaction asyncpg's prepare and execute may reach different server connections.
-        self._autocommit = None if self.is_sqlite or pgbouncer else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit = not (self.is_sqlite or pgbouncer)
+        self._compiled: OrderedDict[Any, Any] = OrderedDict()
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as connection:
             yield connection
 
-    async def write(self, statement: Any, parameters: dict[str, Any]) -> list[RowMapping]:
-        """One statement committed on its own; the rows it returns (with RETURNING).
+    @asynccontextmanager
+    async def lean(self, *, autocommit: bool = False) -> AsyncIterator[Any]:
+        """A transaction for the send path: on PostgreSQL a `core.lean.LeanConnection` (the
+        statements run with asyncpg's own calls), on SQLite SQLAlchemy's connection. Both
+        take the same Core statements and answer the same way.
 
-        On PostgreSQL it runs in autocommit: one round trip instead of three (BEGIN, the
-        statement, COMMIT), which counts on the send path. On SQLite, and behind PgBouncer, it
-        is a transaction like any other write."""
-        async with self.begin() if self._autocommit is None else self._autocommit.connect() as connection:
+        `autocommit` runs each statement on its own on PostgreSQL: one round trip instead of
+        three (BEGIN, the statement, COMMIT). Not behind PgBouncer in transaction mode, where
+        outside a transaction asyncpg's prepare and execute may reach different server
+        connections, nor on SQLite: there it is a transaction like any other."""
+        if self.is_sqlite:
+            async with self.begin() as connection:
+                yield connection
+            return
+        from core.lean import LeanConnection
+
+        async with self.engine.connect() as connection:
+            pooled = await connection.get_raw_connection()
+            driver = pooled.driver_connection
+            lean = LeanConnection(driver, pooled.dbapi_connection, self.engine.dialect, self._compiled)
+            try:
+                if autocommit and self._autocommit:
+                    yield lean
+                else:
+                    async with driver.transaction():
+                        yield lean
+            except BaseException as error:
+                # A connection cut, or a statement cancelled midway, leaves it in no known
+                # state: closed rather than handed to the next job.
+                if (
+                    not isinstance(error, Exception) or driver.is_closed() or driver.is_in_transaction()
+                    or (isinstance(error, DBAPIError) and error.connection_invalidated)
+                ):
+                    await connection.invalidate()
+                raise
+
+    async def write(self, statement: Any, parameters: dict[str, Any]) -> list[Any]:
+        """One statement committed on its own (autocommit where that is safe); the rows it
+        returns (with RETURNING), as mappings."""
+        async with self.lean(autocommit=True) as connection:
             result = await connection.execute(statement, parameters)
             return list(result.mappings()) if result.returns_rows else []
 
@@ -447,6 +488,36 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get("sqlite_read", False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class member_of(ColumnElement[bool]):  # noqa: N801 - used like a SQL function
+    """`column IN :name`, for a list given when the statement runs (`{name: [...]}`).
+
+    On PostgreSQL it is `column = ANY($n)` with one array parameter: one SQL text and one
+    prepared statement whatever the list's length. An expanding IN would be rendered again
+    for every length, and prepared again whenever a new length pushed an old one out of the
+    driver's statement cache. Elsewhere it is SQLAlchemy's expanding IN."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True  # a comparison already: no `= 1` on SQLite
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("name", InternalTraversal.dp_string)]
+
+    def __init__(self, column: Any, name: str):
+        self.column = column
+        self.name = name
+
+
+@compiles(member_of)
+def _member_of(element: member_of, compiler: Any, **options: Any) -> str:
+    return compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **options)
+
+
+@compiles(member_of, "postgresql")
+def _member_of_postgresql(element: member_of, compiler: Any, **options: Any) -> str:
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    return compiler.process(element.column == any_(bindparam(element.name, type_=ARRAY(element.column.type))), **options)
 
 
 def one_of(column: Any, values: Iterable[Any], *, negate: bool = False) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from config import Campaign, Config, format_duration
 from core.campaigns import paused_as_stored, stored_pause
 from core.clock import iso
-from core.db import hcp_emails, hcps, messages, new_id, one_of, triggers
+from core.db import hcp_emails, hcps, member_of, messages, new_id, one_of, triggers
 from core.directory import SOURCE_PRIORITY
 from core.errors import describe_error
 from core.npi import npi_problem
@@ -63,7 +63,7 @@ def audience_problem(campaign: Campaign, hcp: dict[str, Any]) -> str | None:
 _CLAIM_TRIGGERS = (
     update(triggers)
     .where(
-        triggers.c.id.in_(bindparam("trigger_ids", expanding=True)), triggers.c.status == "pending",
+        member_of(triggers.c.id, "trigger_ids"), triggers.c.status == "pending",
         triggers.c.due_at.is_(None) | (triggers.c.due_at <= bindparam("now")),
     )
     .values(decided_at=bindparam("now"))
@@ -71,7 +71,7 @@ _CLAIM_TRIGGERS = (
 )
 _LOCK_HCPS = (
     update(hcps)
-    .where(hcps.c.npi.in_(bindparam("npis", expanding=True)))
+    .where(member_of(hcps.c.npi, "npis"))
     .values(send_seq=hcps.c.send_seq + 1)
     .returning(*hcps.c)
 )
@@ -79,7 +79,7 @@ _LOCK_HCPS = (
 NPIs sorted), so two workers locking overlapping batches queue instead of deadlocking."""
 _ADDRESS_BOOKS = select(
     hcp_emails.c.npi, hcp_emails.c.address, hcp_emails.c.status, hcp_emails.c.source, hcp_emails.c.rank, hcp_emails.c.id
-).where(hcp_emails.c.npi.in_(bindparam("npis", expanding=True)))
+).where(member_of(hcp_emails.c.npi, "npis"))
 _INSERT_CLAIMED = messages.insert().returning(*messages.c)
 _SET_OUTCOME = update(triggers).where(triggers.c.id == bindparam("trigger_id")).values(
     status=bindparam("outcome"), reason=bindparam("why"), trail=bindparam("trail", type_=triggers.c.trail.type)
@@ -99,7 +99,7 @@ def _histories_statement(uncapped: tuple[str, ...]) -> Any:
     held = and_(messages.c.status == "scheduled", messages.c.kind == "initial")
     return (
         select(messages.c.npi, messages.c.campaign_id, func.max(moment), func.max(messages.c.opened_at), func.count(case((capped, 1))))
-        .where(messages.c.npi.in_(bindparam("npis", expanding=True)), or_(one_of(messages.c.status, ACTIVE), held))
+        .where(member_of(messages.c.npi, "npis"), or_(one_of(messages.c.status, ACTIVE), held))
         .group_by(messages.c.npi, messages.c.campaign_id)
     )
 
@@ -238,7 +238,7 @@ async def decide_batch(rt: Runtime, items: list[tuple[str, bool]]) -> list[Decis
     """Positions of a trigger asked for twice in one batch (two jobs for it): only the first
     decides it, the other gets None, as it would after waiting for the first's row lock."""
     later: list[tuple[str, bool]] = []
-    async with rt.db.begin() as connection:
+    async with rt.db.lean() as connection:
         rows = (
             await connection.execute(_CLAIM_TRIGGERS, {"trigger_ids": list({t for t, _ in items}), "now": now})
         ).mappings().all()

@@ -26,13 +26,13 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
 from core.attachments import gather as gather_attachments
 from core.compose import compose
-from core.db import engagement_events, messages, new_id, one_of, triggers
+from core.db import engagement_events, member_of, messages, new_id, one_of, triggers
 from core.decisions import decide, pick_address
 from core.directory import mark_address
 from core.classify import classify
@@ -74,11 +74,8 @@ _MARK_STARTED = (
 DATA is the one moment where a killed worker leaves an `unknown` message that never left, and
 a group write would widen it."""
 _OURS_TO_MARK = (
-    select(messages.c.id)
-    .where(
-        one_of(messages.c.status, ("sending", "unknown")),
-        tuple_(messages.c.id, messages.c.claim_seq).in_(bindparam("claims", expanding=True)),
-    )
+    select(messages.c.id, messages.c.claim_seq)
+    .where(one_of(messages.c.status, ("sending", "unknown")), member_of(messages.c.id, "ids"))
     .with_for_update()
 )
 """Built once: on the send path, building a statement costs more Python than running it."""
@@ -348,9 +345,10 @@ async def _record_sent(rt: Runtime, batch: list[tuple[dict[str, Any], Campaign, 
     transaction. A message whose row changed meanwhile (its claim was released and taken
     again) is left as it is; False for it."""
     now = rt.clock.now()
-    async with rt.db.begin() as connection:
-        claims = [(message["id"], message["claim_seq"]) for message, _campaign, _header in batch]
-        ours = set((await connection.execute(_OURS_TO_MARK, {"claims": claims})).scalars())
+    async with rt.db.lean() as connection:
+        claims = {(message["id"], message["claim_seq"]) for message, _campaign, _header in batch}
+        rows = await connection.execute(_OURS_TO_MARK, {"ids": [message_id for message_id, _seq in claims]})
+        ours = {message_id for message_id, seq in rows if (message_id, seq) in claims}
         mine = [(message, campaign, header) for message, campaign, header in batch if message["id"] in ours]
         if mine:
             await connection.execute(_MARK_SENT, [

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, select, union_all
+from sqlalchemy import and_, delete, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from config import Campaign
-from core.db import hcp_emails, suppressions
+from core.db import hcp_emails, member_of, suppressions
 
 MARKETING_ONLY = {"unsubscribed"}
 """Reasons that stop marketing mail but not transactional mail (an unsubscribe from
@@ -18,10 +18,10 @@ newsletters does not cancel a requested sample confirmation)."""
 
 _COLUMNS = (suppressions.c.reason, suppressions.c.address, suppressions.c.campaign_id, suppressions.c.created_at)
 _CHECK_MANY = union_all(
-    select(*_COLUMNS, suppressions.c.npi.label("for_npi")).where(suppressions.c.npi.in_(bindparam("npis", expanding=True))),
+    select(*_COLUMNS, suppressions.c.npi.label("for_npi")).where(member_of(suppressions.c.npi, "npis")),
     select(*_COLUMNS, hcp_emails.c.npi.label("for_npi"))
     .select_from(suppressions.join(hcp_emails, suppressions.c.address == hcp_emails.c.address))
-    .where(hcp_emails.c.npi.in_(bindparam("npis", expanding=True))),
+    .where(member_of(hcp_emails.c.npi, "npis")),
 )
 
 
