@@ -520,6 +520,17 @@ def _member_of_postgresql(element: member_of, compiler: Any, **options: Any) -> 
     return compiler.process(element.column == any_(bindparam(element.name, type_=ARRAY(element.column.type))), **options)
 
 
+async def each_returning(connection: Any, statement: Any, rows: list[dict[str, Any]]) -> list[Any]:
+    """An UPDATE … RETURNING run for each of `rows`; the rows it returned. On the lean path
+    (PostgreSQL) one round trip for all, with asyncpg's `fetchmany`; SQLAlchemy runs an UPDATE
+    with RETURNING for one parameter set at a time."""
+    from core.lean import LeanConnection
+
+    if isinstance(connection, LeanConnection):
+        return (await connection.execute(statement, rows)).all()
+    return [row for one in rows for row in (await connection.execute(statement, one)).all()]
+
+
 def one_of(column: Any, values: Iterable[Any], *, negate: bool = False) -> Any:
     """`column IN (…)` over constants known when the statement is built, as ordinary bound
     parameters. A plain `in_()` takes an "expanding" parameter that SQLAlchemy renders again

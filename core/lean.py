@@ -96,7 +96,7 @@ class LeanResult(_Listed):
 class _Compiled:
     """One statement compiled for PostgreSQL, with what running it needs."""
 
-    __slots__ = ("statement", "compiled", "defaults", "processors", "results", "row_type", "fetches")
+    __slots__ = ("statement", "compiled", "defaults", "processors", "results", "row_type", "fetches", "sql", "plan")
 
     def __init__(self, statement: Any, dialect: Dialect, keys: Sequence[str] | None):
         self.statement = statement  # held, so the cache key (its id) is never reused meanwhile
@@ -115,13 +115,43 @@ class _Compiled:
         columns = list(statement.exported_columns) if hasattr(statement, "exported_columns") else []
         self.results = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
         self.row_type: type[Row] | None = None
+        self.sql = self.compiled.string
+        self.plan = self._plan()
         self.fetches = bool(self.results) or not getattr(statement, "is_dml", False)
         """A query, or DML with RETURNING: rows come back. Else only the command tag's count."""
 
+    def _plan(self) -> list[tuple[str, str, bool, Any, Any]] | None:
+        """Where each positional argument comes from: (key, name, required, value, processor),
+        or None when the SQL itself depends on the values (an expanding IN)."""
+        compiled = self.compiled
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            return None
+        binds = {name: bind for bind, name in compiled.bind_names.items()}
+        plan = []
+        for name in compiled.positiontup or ():
+            bind = binds[name]
+            if bind.callable is not None:
+                return None
+            plan.append((bind.key, name, bind.required, bind.value, self.processors.get(name)))
+        return plan
+
     def arguments(self, parameters: dict[str, Any] | None) -> tuple[str, list[Any]]:
-        """The SQL to send (expanding IN lists rendered for these values) and its arguments."""
+        """The SQL to send and its arguments, as SQLAlchemy's `construct_params` and its
+        bind processors would make them."""
         if self.defaults:
             parameters = {**self.defaults, **(parameters or {})}
+        if self.plan is not None:
+            given = parameters or {}
+            arguments = []
+            for key, name, required, value, processor in self.plan:
+                if key in given:
+                    value = given[key]
+                elif name in given:
+                    value = given[name]
+                elif required:
+                    raise sa_exc.InvalidRequestError(f"A value is required for bind parameter {key!r}")
+                arguments.append(value if processor is None else processor(value))
+            return self.sql, arguments
         state = self.compiled.construct_expanded_state(parameters, escape_names=False)
         processors = {**self.processors, **state.processors} if state.processors else self.processors
         values = state.parameters
@@ -129,7 +159,7 @@ class _Compiled:
         for name in state.positiontup or ():
             value = values[name]
             processor = processors.get(name)
-            arguments.append(processor(value) if processor is not None and value is not None else value)
+            arguments.append(value if processor is None else processor(value))
         return state.statement, arguments
 
     def rows(self, records: list[Any]) -> list[Row]:

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from config import Campaign
 from core.attachments import gather as gather_attachments
 from core.compose import compose
-from core.db import engagement_events, member_of, messages, new_id, one_of, triggers
+from core.db import each_returning, engagement_events, messages, new_id, one_of, triggers
 from core.decisions import decide, pick_address
 from core.directory import mark_address
 from core.classify import classify
@@ -55,12 +55,18 @@ class ClaimLost(Exception):
 
 _MARK_SENT = (
     update(messages)
-    .where(messages.c.id == bindparam("message"))
+    .where(
+        messages.c.id == bindparam("message"), messages.c.claim_seq == bindparam("claim"),
+        one_of(messages.c.status, ("sending", "unknown")),
+    )
     .values(
         status="sent", sent_at=bindparam("now"), message_id=bindparam("header_id"), error=None, due_at=None,
         claimed_until=None, links=bindparam("links", type_=messages.c.links.type),
     )
+    .returning(messages.c.id)
 )
+"""Only while the claim is ours: a message whose claim was released and taken again meanwhile
+is left as it is."""
 _SET_TRIGGER = update(triggers).where(triggers.c.id == bindparam("trigger_id")).values(
     status=bindparam("outcome"), reason=bindparam("why")
 )
@@ -73,12 +79,7 @@ _MARK_STARTED = (
 """One autocommit statement of its own, never grouped with other jobs' writes: between it and
 DATA is the one moment where a killed worker leaves an `unknown` message that never left, and
 a group write would widen it."""
-_OURS_TO_MARK = (
-    select(messages.c.id, messages.c.claim_seq)
-    .where(one_of(messages.c.status, ("sending", "unknown")), member_of(messages.c.id, "ids"))
-    .with_for_update()
-)
-"""Built once: on the send path, building a statement costs more Python than running it."""
+"""Statements are built once: on the send path, building one costs more Python than running it."""
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -346,15 +347,12 @@ async def _record_sent(rt: Runtime, batch: list[tuple[dict[str, Any], Campaign, 
     again) is left as it is; False for it."""
     now = rt.clock.now()
     async with rt.db.lean() as connection:
-        claims = {(message["id"], message["claim_seq"]) for message, _campaign, _header in batch}
-        rows = await connection.execute(_OURS_TO_MARK, {"ids": [message_id for message_id, _seq in claims]})
-        ours = {message_id for message_id, seq in rows if (message_id, seq) in claims}
+        ours = {row[0] for row in await each_returning(connection, _MARK_SENT, [
+            {"message": message["id"], "claim": message["claim_seq"], "now": now, "header_id": header, "links": message.get("links")}
+            for message, _campaign, header in batch
+        ])}
         mine = [(message, campaign, header) for message, campaign, header in batch if message["id"] in ours]
         if mine:
-            await connection.execute(_MARK_SENT, [
-                {"message": message["id"], "now": now, "header_id": header, "links": message.get("links")}
-                for message, _campaign, header in mine
-            ])
             await _after_sent(rt, connection, [(message, campaign) for message, campaign, _header in mine], now)
     return [message["id"] in ours for message, _campaign, _header in batch]
 
