@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -202,7 +203,8 @@ async def send_message(rt: Runtime, message_id: str) -> str | None:
                 return None
             claimed = True
             leases.claim(message_id, message["claim_seq"])
-            return await _deliver_claimed(rt, message, client)
+            outcome = await _deliver_claimed(rt, message, client)
+        return await settle(outcome)
     except Stopping:
         await asyncio.shield(_put_back(rt, message_id))
         return "queued"
@@ -232,9 +234,13 @@ async def decide_and_send(rt: Runtime, trigger_id: str) -> str | None:
     leases.claim(message["id"], message["claim_seq"])
     connected = False
     try:
+        ready = await _prepare(rt, message)
+        if isinstance(ready, str):
+            return ready
         async with rt.mailer.connection() as client:
             connected = True
-            return await _deliver_claimed(rt, message, client)
+            outcome = await _deliver_claimed(rt, message, client, ready)
+        return await settle(outcome)
     except Stopping:
         if connected:
             raise
@@ -253,11 +259,13 @@ async def decide_and_send(rt: Runtime, trigger_id: str) -> str | None:
         leases.drop(message["id"])
 
 
-async def _deliver_claimed(rt: Runtime, message: dict[str, Any], client: Any) -> str | None:
+async def _deliver_claimed(
+    rt: Runtime, message: dict[str, Any], client: Any, ready: Ready | None = None
+) -> str | Recording | None:
     """Deliver a message this worker claimed (the caller holds its lease); a worker that
     stops before the SMTP transaction gives it back for the other workers."""
     try:
-        return await _deliver(rt, message, client)
+        return await _deliver(rt, message, client, ready)
     except Stopping:
         await asyncio.shield(_put_back(rt, message["id"]))
         return "queued"
@@ -274,44 +282,95 @@ def _no_connection(error: DeliveryError) -> None:
             log.warning("the SMTP server refuses our session (%s: %s)", verdict.reason, error)
 
 
-async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
-    """Compose and hand a claimed (`sending`) message to SMTP, then record the outcome. It is
-    recorded while the caller still holds the SMTP connection: a worker killed before that
-    write leaves an `unknown` message, and holding the connection bounds those by the pool's
-    size."""
-    campaign = rt.config.campaign(message["campaign_id"])
-    if campaign is None:
-        return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
-    hold = await paused_domains(rt).hold(rt, message["to_address"], rt.clock.now())
-    if hold is not None:
-        return await _held(rt, message, hold)
-    started = False
+@dataclass(frozen=True)
+class Ready:
+    """A claimed message composed and flattened, waiting for its SMTP transaction."""
 
-    async def mark_started() -> None:
-        nonlocal started
-        if not await rt.db.write(_MARK_STARTED, {"message": message["id"], "claim": message["claim_seq"], "now": rt.clock.now()}):
-            raise ClaimLost()
-        started = True
+    campaign: Campaign
+    envelope_from: str
+    raw: bytes
+    header_id: str
 
+
+async def _prepare(rt: Runtime, message: dict[str, Any]) -> Ready | str:
+    """Everything before the SMTP transaction: the campaign, the receiving domain's pause,
+    the attachments, the MIME. A status string when the message ends here (recorded); an
+    unexpected error is retried later (`_errored`). Run before a connection is taken where
+    the caller can, so composing never holds one of the pool's connections."""
     try:
+        campaign = rt.config.campaign(message["campaign_id"])
+        if campaign is None:
+            return await _finish_failed(rt, message, f"campaign {message['campaign_id']} is no longer in the config")
+        hold = await paused_domains(rt).hold(rt, message["to_address"], rt.clock.now())
+        if hold is not None:
+            return await _held(rt, message, hold)
         files, missing = await gather_attachments(rt, message, campaign)
         if missing and campaign.require_attachments:
             return await _finish_failed(rt, message, "require_attachments: " + "; ".join(missing))
         if missing:
             log.warning("message %s goes without attachment(s): %s", message["id"], "; ".join(missing))
         email, mime = compose(rt, message, campaign, files)
-        raw = rt.mailer.wire_bytes(mime)
+        return Ready(campaign, email.envelope_from or email.sender, rt.mailer.wire_bytes(mime), mime["Message-ID"])
+    except Exception as exc:  # noqa: BLE001 - bounded retry, then failed with the error as reason
+        log.exception("message %s: unexpected error", message["id"])
+        return await _errored(rt, message, describe_error(exc))
+
+
+class Recording:
+    """An email the SMTP server accepted, its `sent` record queued (`sent_writer`) before
+    its connection went back to the pool; `finish()` awaits the write."""
+
+    def __init__(self, message: dict[str, Any], written: asyncio.Future[bool]):
+        self.message = message
+        self.written = written
+
+    async def finish(self) -> str:
+        if await self.written:
+            log.info("message %s sent to %s", self.message["id"], self.message["to_address"])
+        else:
+            log.warning("message %s was sent but its row changed meanwhile; left as it is", self.message["id"])
+        return "sent"
+
+
+async def settle(outcome: str | Recording | None) -> str | None:
+    """The status of a delivery, once its `sent` record (if any) is written."""
+    return await outcome.finish() if isinstance(outcome, Recording) else outcome
+
+
+async def _deliver(rt: Runtime, message: dict[str, Any], client: Any, ready: Ready | str | None = None) -> str | Recording:
+    """Hand a claimed (`sending`) message to SMTP (composed first unless the caller did),
+    then record the outcome. A `sent` record is queued before the caller gives the
+    connection back, and the next transaction on any connection starts DATA only once the
+    records queued before it are written (`_MARK_STARTED` waits for `sent_writer` to
+    drain). So a connection never has two messages past the start of DATA without their
+    outcome recorded, and a worker killed at any moment leaves at most one `unknown`
+    message per pooled connection, as when the record was written holding the connection,
+    while the connection serves the next email during the write."""
+    if ready is None:
+        ready = await _prepare(rt, message)
+    if isinstance(ready, str):
+        return ready
+    started = False
+
+    async def mark_started() -> None:
+        nonlocal started
+        await sent_writer(rt).drained()
+        if not await rt.db.write(_MARK_STARTED, {"message": message["id"], "claim": message["claim_seq"], "now": rt.clock.now()}):
+            raise ClaimLost()
+        started = True
+
+    try:
         # The receiving domain's pace (per worker): its concurrency and rate, slowed after
         # a rate answer.
         async with limiter_of(rt).slot(message["to_address"]):
             with SEND_SECONDS.time():
                 await rt.mailer.transact(
-                    client, raw, envelope_from=email.envelope_from or email.sender, recipient=message["to_address"],
+                    client, ready.raw, envelope_from=ready.envelope_from, recipient=message["to_address"],
                     started=mark_started,
                 )
     except DeliveryError as error:
         MESSAGES.labels(error.kind).inc()
-        return await _delivery_failed(rt, message, campaign, error)
+        return await _delivery_failed(rt, message, ready.campaign, error)
     except (Stopping, ClaimLost):
         if not started:
             await asyncio.shield(_release(rt, message, "worker stopping before the SMTP transaction", enqueue=False))
@@ -330,7 +389,7 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any) -> str:
             return await _mark_unknown(rt, message, describe_error(exc))
         return await _errored(rt, message, describe_error(exc))
     MESSAGES.labels("sent").inc()
-    return await _sent(rt, message, campaign, mime["Message-ID"])
+    return Recording(message, sent_writer(rt).enqueue((message, ready.campaign, ready.header_id)))
 
 
 def sent_writer(rt: Runtime) -> GroupCommit[tuple[dict[str, Any], Campaign, str], bool]:
@@ -355,15 +414,6 @@ async def _record_sent(rt: Runtime, batch: list[tuple[dict[str, Any], Campaign, 
         if mine:
             await _after_sent(rt, connection, [(message, campaign) for message, campaign, _header in mine], now)
     return [message["id"] in ours for message, _campaign, _header in batch]
-
-
-async def _sent(rt: Runtime, message: dict[str, Any], campaign: Campaign, header_id: str) -> str:
-    """Record a message the SMTP server accepted, together with the other jobs' (`sent_writer`)."""
-    if await sent_writer(rt).submit((message, campaign, header_id)):
-        log.info("message %s sent to %s", message["id"], message["to_address"])
-    else:
-        log.warning("message %s was sent but its row changed meanwhile; left as it is", message["id"])
-    return "sent"
 
 
 async def _after_sent(
