@@ -384,8 +384,7 @@ def _decide(
     if problem:
         _step(trail, "audience", False, problem)
         return Decision("not_in_audience", problem), None
-    audience = campaign.audience.model_dump(exclude_none=True)
-    _step(trail, "audience", True, "in the audience" + (f" ({_in_words(audience)})" if audience else " (the campaign has no audience limits)"))
+    _step(trail, "audience", True, _audience_detail(campaign.audience))
     reason, blocked = judge(facts.suppressions.get(npi, []), campaign)
     if reason:
         _step(trail, "suppression", False, reason)
@@ -477,6 +476,22 @@ def _decide(
     if claim_until is not None:
         row.update(status="sending", attempts=1, claim_seq=1, claimed_at=now, claimed_until=claim_until)
     return Decision("queued", f"queued to {address}", row["id"]), row
+
+
+_AUDIENCE_DETAILS: dict[int, tuple[Any, str]] = {}
+
+
+def _audience_detail(audience: Any) -> str:
+    """The passed audience check in words, once per audience object (a config's lifetime)."""
+    found = _AUDIENCE_DETAILS.get(id(audience))
+    if found is not None and found[0] is audience:
+        return found[1]
+    limits = audience.model_dump(exclude_none=True)
+    detail = "in the audience" + (f" ({_in_words(limits)})" if limits else " (the campaign has no audience limits)")
+    if len(_AUDIENCE_DETAILS) > 256:
+        _AUDIENCE_DETAILS.clear()
+    _AUDIENCE_DETAILS[id(audience)] = (audience, detail)
+    return detail
 
 
 def _in_words(audience: dict[str, Any]) -> str:
