@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import ContextVar
 from signal import Signals
 from typing import Any
 
 from arq import cron
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, get_kwargs
 
@@ -36,6 +37,62 @@ POLL_DELAY = 0.05
 
 log = logging.getLogger(__name__)
 
+TAKE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local job = redis.call('GET', KEYS[3])
+local try = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], 88400)
+return {score, job, try}
+"""
+"""Take a queued job (KEYS: in-progress, queue, job, retry; ARGV: job id, in-progress
+timeout in ms, now in ms): {score, job, try}, or nil when it is not this worker's to run.
+GET, INCR and EXPIRE (88400 s) are the reads arq's `run_job` starts with."""
+_TAKEN: ContextVar[tuple[bytes | None, int] | None] = ContextVar("trigger_email_taken_job", default=None)
+
+
+class _TakenPool:
+    """Serves `run_job`'s opening pipeline (GET job, INCR retries, EXPIRE retries) from
+    what `TAKE` read, once; after it, the job sees arq's pool again."""
+
+    def __init__(self, taken: tuple[bytes | None, int]):
+        self.taken = taken
+
+    def pipeline(self, transaction: bool = True) -> "_TakenPipeline":
+        _TAKEN.set(None)
+        return _TakenPipeline(self.taken)
+
+
+class _TakenPipeline:
+    def __init__(self, taken: tuple[bytes | None, int]):
+        self.taken = taken
+        self.commands: list[str] = []
+
+    async def __aenter__(self) -> "_TakenPipeline":
+        return self
+
+    async def __aexit__(self, *_exc: Any) -> None:
+        return None
+
+    def get(self, _key: str) -> None:
+        self.commands.append("get")
+
+    def incr(self, _key: str) -> None:
+        self.commands.append("incr")
+
+    def expire(self, _key: str, _seconds: int) -> None:
+        self.commands.append("expire")
+
+    async def execute(self) -> list[Any]:
+        if self.commands != ["get", "incr", "expire"]:
+            raise RuntimeError(f"arq's run_job opened with {self.commands}, not the reads TAKE made")
+        job, job_try = self.taken
+        return [job, job_try, True]
+
 
 class StoppingWorker(Worker):
     """arq's worker, stopping the way a mail sender must. On SIGTERM/SIGINT it takes no new
@@ -46,19 +103,23 @@ class StoppingWorker(Worker):
     signal stops at once."""
 
     _stopping = False
+    _take: Any = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's `start_jobs` with one Redis round trip per job instead of four.
+        """arq's `start_jobs` and the first read of its `run_job` in one Redis round trip per
+        job instead of five.
 
         arq takes a job with WATCH in-progress key, EXISTS, ZSCORE, then MULTI/PSETEX/EXEC,
-        and reads the head of the queue, where the jobs this worker is running sit until
-        they finish. Here a job this worker runs is skipped without asking, and a job is taken
-        with `SET in-progress-key NX PX` and `ZSCORE` in one MULTI: the NX is the atomic form
-        of arq's watched check (another worker holds the job: not taken); a job no longer
-        queued or not yet due lets go of the key. The slot accounting (`sem`, `job_counter`,
-        `tasks`) and `run_job` are arq's own. At hundreds of jobs a second this was an eighth
-        of the worker's CPU."""
+        and `run_job` then reads the job and counts the try in a pipeline of its own. Here
+        one script (`TAKE`) does all of it atomically: `SET in-progress-key NX PX` (the atomic
+        form of arq's watched check: another worker holds the job, not taken), the score
+        (a job no longer queued or not yet due lets go of the key), then GET job, INCR
+        retries, EXPIRE retries as `run_job` would, and `run_job` is served what was read
+        (`pool` below). A job this worker runs is skipped without asking. The slot accounting
+        (`sem`, `job_counter`, `tasks`) and the rest of `run_job` are arq's own. At hundreds
+        of jobs a second these round trips were a fifth of the worker's CPU."""
         running = {job_id for job_id, task in self.tasks.items() if not task.done()}
+        take = self._take_script()
         for job_id_b in job_ids:
             job_id = job_id_b.decode()
             if job_id in running:
@@ -68,20 +129,36 @@ class StoppingWorker(Worker):
                 self.sem.release()
                 return
             self.job_counter += 1
-            key = in_progress_key_prefix + job_id
-            async with self.pool.pipeline(transaction=True) as pipe:
-                pipe.set(key, b"1", px=int(self.in_progress_timeout_s * 1000), nx=True)
-                pipe.zscore(self.queue_name, job_id)
-                taken, score = await pipe.execute()
-            if not taken or not score or score > timestamp_ms():
-                if taken:
-                    await self.pool.delete(key)
+            taken = await take(
+                keys=[in_progress_key_prefix + job_id, self.queue_name, job_key_prefix + job_id, retry_key_prefix + job_id],
+                args=[job_id, int(self.in_progress_timeout_s * 1000), timestamp_ms()],
+            )
+            if not taken:
                 self.job_counter -= 1
                 self.sem.release()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, int(score)))
+            score, job, job_try = taken
+            token = _TAKEN.set((job, int(job_try)))
+            try:
+                task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            finally:
+                _TAKEN.reset(token)
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    def _take_script(self) -> Any:
+        if self._take is None:
+            self._take = self._pool.register_script(TAKE)  # type: ignore[union-attr]
+        return self._take
+
+    @property  # type: ignore[override]
+    def pool(self) -> Any:
+        """arq's pool; inside a job just taken, until `run_job`'s first pipeline, a pool that
+        serves that pipeline from what `TAKE` read."""
+        taken = _TAKEN.get()
+        if taken is None or self.allow_abort_jobs:
+            return self._pool
+        return _TakenPool(taken)
 
     def handle_sig(self, signum: Signals) -> None:
         rt: Runtime | None = self.ctx.get("runtime")
