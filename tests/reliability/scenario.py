@@ -232,8 +232,15 @@ def record(figures: dict[str, Any]) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data[figures["scenario"]] = {**figures, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "database": "PostgreSQL", "cpus": os.cpu_count()}
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-    (ARTIFACTS / "reliability.md").write_text(table(data))
+    _replace(path, json.dumps(data, indent=2, sort_keys=True))
+    _replace(ARTIFACTS / "reliability.md", table(data))
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write whole or not at all: two suites running side by side read each other's file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def table(data: dict[str, Any]) -> str:
