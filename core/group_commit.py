@@ -33,9 +33,6 @@ class GroupCommit(Generic[Item, Result]):
         self.name = name
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._task: asyncio.Task[None] | None = None
-        self._queued = 0
-        self._done = 0
-        self._progress = asyncio.Event()
 
     async def submit(self, item: Item) -> Result:
         """Write `item` with whatever else is queued; its result, or the error its write raised."""
@@ -46,21 +43,9 @@ class GroupCommit(Generic[Item, Result]):
         order they were queued."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        self._queued += 1
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"trigger-email group commit: {self.name}")
         return future
-
-    async def drained(self) -> None:
-        """Wait until every item queued before this call is written (or has failed)."""
-        target = self._queued
-        while self._done < target:
-            self._progress.clear()
-            await self._progress.wait()
-
-    def _advance(self, count: int) -> None:
-        self._done = min(self._done + count, self._queued)
-        self._progress.set()
 
     async def _run(self) -> None:
         batch: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -72,7 +57,6 @@ class GroupCommit(Generic[Item, Result]):
             error = exc if isinstance(exc, Exception) else RuntimeError(f"{self.name}: stopped before the write")
             for _item, future in batch + self._pending:
                 _settle(future, error=error)
-            self._advance(len(batch) + len(self._pending))
             self._pending = []
             raise
 
@@ -82,7 +66,6 @@ class GroupCommit(Generic[Item, Result]):
         except Exception as exc:  # noqa: BLE001 - handed to the job(s) that asked
             if len(batch) == 1:
                 _settle(batch[0][1], error=exc)
-                self._advance(1)
                 return
             log.info("%s: a batch of %d failed (%s); writing each alone", self.name, len(batch), exc)
             for one in batch:
@@ -90,7 +73,6 @@ class GroupCommit(Generic[Item, Result]):
             return
         for (_item, future), result in zip(batch, results, strict=True):
             _settle(future, result=result)
-        self._advance(len(batch))
 
 
 def _settle(future: asyncio.Future[Result], *, result: Result | None = None, error: Exception | None = None) -> None:

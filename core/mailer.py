@@ -205,6 +205,20 @@ class DkimSigner:
         return signature + raw
 
 
+@dataclass(eq=False)
+class Slot:
+    """One of a worker's `pool_size` places for an SMTP connection. `unrecorded` is the
+    pending write of the outcome of the last email sent through this place (a connection
+    replaced keeps its place): the next transaction here starts DATA only once it is done,
+    so each place has at most one message past DATA without its outcome recorded."""
+
+    unrecorded: asyncio.Future[Any] | None = None
+
+    async def recorded(self) -> None:
+        if self.unrecorded is not None and not self.unrecorded.done():
+            await asyncio.wait([self.unrecorded])
+
+
 class Stopping(Exception):
     """The worker is stopping: nothing of this message was handed to SMTP, put it back."""
 
@@ -250,7 +264,9 @@ class Mailer:
         self.in_transaction: set[asyncio.Task[Any]] = set()
         """Tasks past `started()`: what a stopping worker waits for."""
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(pool_size)
+        self._slots: asyncio.Queue[Slot] = asyncio.Queue()
+        for _ in range(pool_size):
+            self._slots.put_nowait(Slot())
         self._waiting: set[asyncio.Task[Any]] = set()
 
     def stop(self) -> None:
@@ -307,7 +323,7 @@ class Mailer:
         assert task is not None
         self._waiting.add(task)
         try:
-            await self._slots.acquire()
+            slot = await self._slots.get()
         except asyncio.CancelledError as exc:
             if exc.args == (STOPPING,):
                 task.uncancel()
@@ -327,6 +343,7 @@ class Mailer:
                 raise DeliveryError("transient", exc.code, exc.message) from None
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 raise DeliveryError("transient", None, f"{type(exc).__name__}: {exc}") from None
+            client.te_slot = slot  # type: ignore[attr-defined]
             try:
                 yield client
             except DeliveryError:
@@ -338,7 +355,7 @@ class Mailer:
                 raise
             self._release(client)
         finally:
-            self._slots.release()
+            self._slots.put_nowait(slot)
 
     def wire_bytes(self, message: Message) -> bytes:
         raw = message.as_bytes(policy=HEADER_POLICY)

@@ -39,7 +39,7 @@ from core.directory import mark_address
 from core.classify import classify
 from core.domains import Hold, group_of, limiter_of, paused_domains, record_block
 from core.errors import describe_error
-from core.mailer import Ambiguous, DeliveryError, Stopping
+from core.mailer import Ambiguous, DeliveryError, Slot, Stopping
 from core.group_commit import GroupCommit
 from core.outbox import Fact, record_activities, record_activity
 from core.metrics import BOUNCES, MESSAGES, SEND_SECONDS
@@ -325,7 +325,9 @@ class Recording:
         self.written = written
 
     async def finish(self) -> str:
-        if await self.written:
+        # Shielded: a job cancelled meanwhile must not cancel the future its pool place
+        # (`Slot.unrecorded`) waits on; the write goes ahead either way.
+        if await asyncio.shield(self.written):
             log.info("message %s sent to %s", self.message["id"], self.message["to_address"])
         else:
             log.warning("message %s was sent but its row changed meanwhile; left as it is", self.message["id"])
@@ -340,21 +342,21 @@ async def settle(outcome: str | Recording | None) -> str | None:
 async def _deliver(rt: Runtime, message: dict[str, Any], client: Any, ready: Ready | str | None = None) -> str | Recording:
     """Hand a claimed (`sending`) message to SMTP (composed first unless the caller did),
     then record the outcome. A `sent` record is queued before the caller gives the
-    connection back, and the next transaction on any connection starts DATA only once the
-    records queued before it are written (`_MARK_STARTED` waits for `sent_writer` to
-    drain). So a connection never has two messages past the start of DATA without their
-    outcome recorded, and a worker killed at any moment leaves at most one `unknown`
-    message per pooled connection, as when the record was written holding the connection,
-    while the connection serves the next email during the write."""
+    connection back, and the next transaction through the same pool place (`Slot`) starts
+    DATA only once that record is written. So a place never has two messages past the
+    start of DATA without their outcome recorded, and a worker killed at any moment leaves
+    at most one `unknown` message per pooled connection, as when the record was written
+    holding the connection, while the connection serves the next email during the write."""
     if ready is None:
         ready = await _prepare(rt, message)
     if isinstance(ready, str):
         return ready
+    slot: Slot = client.te_slot
     started = False
 
     async def mark_started() -> None:
         nonlocal started
-        await sent_writer(rt).drained()
+        await slot.recorded()
         if not await rt.db.write(_MARK_STARTED, {"message": message["id"], "claim": message["claim_seq"], "now": rt.clock.now()}):
             raise ClaimLost()
         started = True
@@ -389,7 +391,8 @@ async def _deliver(rt: Runtime, message: dict[str, Any], client: Any, ready: Rea
             return await _mark_unknown(rt, message, describe_error(exc))
         return await _errored(rt, message, describe_error(exc))
     MESSAGES.labels("sent").inc()
-    return Recording(message, sent_writer(rt).enqueue((message, ready.campaign, ready.header_id)))
+    slot.unrecorded = sent_writer(rt).enqueue((message, ready.campaign, ready.header_id))
+    return Recording(message, slot.unrecorded)
 
 
 def sent_writer(rt: Runtime) -> GroupCommit[tuple[dict[str, Any], Campaign, str], bool]:

@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select, update
 
 from core.db import messages
+from core.mailer import Slot
 from core.decisions import decide
 from core.sending import _claim
 from core.capture import SmtpController
@@ -120,7 +121,8 @@ async def test_a_job_waiting_for_a_connection_holds_a_lease_and_a_stop_puts_its_
     its attempt not counted."""
     sink: SlowSink = harness.smtp  # type: ignore[assignment]
     sink.data_delay = 1.0
-    harness.rt.mailer._slots = asyncio.Semaphore(1)
+    harness.rt.mailer._slots = asyncio.Queue()  # a pool of one connection
+    harness.rt.mailer._slots.put_nowait(Slot())
     first, second = await harness.trigger(), await harness.trigger(npi=OMAR, campaign_id="cardio-webinar")
     one, two = job(harness, first["id"]), job(harness, second["id"])
     await until(sink.in_data)
