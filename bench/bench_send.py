@@ -23,6 +23,7 @@ from common import backend, database_url, redis_url
 import aiosmtplib
 
 from config import Settings, parse_config
+from config.schema import Delivery
 from core.clock import Clock, ManualClock
 from core.demo import write_demo_csv
 from core.directory import import_csv
@@ -39,7 +40,7 @@ sender: {from: "Medical Information <medinfo@pharma.example>", postal_address: "
 delivery:                     # a local sink: no receiving domain to be gentle with
   per_domain: {concurrency: 1000, rate: 1000000}
   providers: {}
-  connections: ${BENCH_CONNECTIONS:-4}
+  connections: ${BENCH_CONNECTIONS:-__CONNECTIONS__}
 campaigns:
   - id: bench
     subject: "New data for {{ hcp.specialty }}"
@@ -47,6 +48,7 @@ campaigns:
       <html><body><p>Dear Dr. {{ hcp.last_name }},</p><p>New phase III data are available.</p>
       <p><a href="https://pharma.example/a">Read</a> <a href="https://pharma.example/b">Dosing</a></p></body></html>
 """
+CONFIG = CONFIG.replace("__CONNECTIONS__", str(Delivery().connections))  # the default, unless BENCH_CONNECTIONS
 AUTHORING = CONFIG.replace(
     '    subject: "New data for {{ hcp.specialty }}"\n',
     '    subjects:\n'
