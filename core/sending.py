@@ -1,9 +1,10 @@
-"""Delivering one message row: hold an SMTP connection, claim the row, compose, send, record.
+"""Delivering one message row: claim the row, compose, hold an SMTP connection, send, record.
 
-A message moves `queued → sending → sent | failed` (or `unknown`). It stays `queued` until a
-worker holds an SMTP connection for it; only then is it claimed with a conditional UPDATE
-(`sending`, a fresh `claim_seq`, a lease `claimed_until` that the worker renews while it is
-alive). Right before DATA, the first moment the server could take the message, the worker
+A message moves `queued → sending → sent | failed` (or `unknown`). A queued message (a
+resend, a retry) stays `queued` until a worker holds an SMTP connection for it; only then is
+it claimed with a conditional UPDATE (`sending`, a fresh `claim_seq`, a lease
+`claimed_until` that the worker renews while it is alive). A trigger's first email is created
+claimed by its decision and composed before the job waits for a connection. Right before DATA, the first moment the server could take the message, the worker
 records `smtp_started_at`. From that:
 
 - a worker that stops (SIGTERM, a cancelled job) before that moment puts the row back to
@@ -79,8 +80,8 @@ _MARK_STARTED = (
 )
 """One autocommit statement of its own, never grouped with other jobs' writes: between it and
 DATA is the one moment where a killed worker leaves an `unknown` message that never left, and
-a group write would widen it."""
-"""Statements are built once: on the send path, building one costs more Python than running it."""
+a group write would widen it. (Statements are built once: on the send path, building one
+costs more Python than running it.)"""
 
 
 def retry_delay(attempts: int) -> timedelta:
