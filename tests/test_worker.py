@@ -107,6 +107,25 @@ async def test_two_workers_on_one_queue_take_each_job_once(live_runtime) -> None
     assert await rt.queue.redis.keys("arq:in-progress:*") == []
 
 
+async def test_a_job_left_by_a_dead_worker_runs_again_as_its_second_try(live_runtime) -> None:  # type: ignore[no-untyped-def]
+    """What a worker killed mid-job leaves in Redis: the job still queued and its try counted.
+    The next worker takes it (one script: the take and the reads arq's run_job opens with)
+    and runs it as try 2, as arq counts tries."""
+    from arq.constants import retry_key_prefix
+    from arq.jobs import Job
+
+    rt, sink = live_runtime
+    accepted = await accept_trigger(rt, npi=JANE, campaign_id="quick")
+    job_id = f"trigger:{accepted.id}"
+    await rt.queue.redis.set(retry_key_prefix + job_id, 1)  # the dead worker's try
+    worker = make_worker(rt, burst=True, handle_signals=False)
+    await worker.main()
+    result = await Job(job_id, rt.queue.redis).result_info()
+    assert result is not None and result.success and result.job_try == 2, result
+    assert [str(m["To"]) for m in sink.messages] == ["jane.doe@clinic.example"]
+    assert await rt.queue.redis.keys("arq:in-progress:*") == []
+
+
 async def test_a_redis_flush_loses_nothing(live_runtime) -> None:  # type: ignore[no-untyped-def]
     rt, sink = live_runtime
     accepted = await accept_trigger(rt, npi=JANE, campaign_id="quick")

@@ -118,6 +118,9 @@ class StoppingWorker(Worker):
         (`pool` below). A job this worker runs is skipped without asking. The slot accounting
         (`sem`, `job_counter`, `tasks`) and the rest of `run_job` are arq's own. At hundreds
         of jobs a second these round trips were a fifth of the worker's CPU."""
+        if self.allow_abort_jobs:  # run_job then reads the abort set too: arq's own way
+            await super().start_jobs(job_ids)
+            return
         running = {job_id for job_id, task in self.tasks.items() if not task.done()}
         take = self._take_script()
         for job_id_b in job_ids:
@@ -156,7 +159,7 @@ class StoppingWorker(Worker):
         """arq's pool; inside a job just taken, until `run_job`'s first pipeline, a pool that
         serves that pipeline from what `TAKE` read."""
         taken = _TAKEN.get()
-        if taken is None or self.allow_abort_jobs:
+        if taken is None:
             return self._pool
         return _TakenPool(taken)
 
