@@ -3,9 +3,10 @@
 A message moves `queued → sending → sent | failed` (or `unknown`). A queued message (a
 resend, a retry) stays `queued` until a worker holds an SMTP connection for it; only then is
 it claimed with a conditional UPDATE (`sending`, a fresh `claim_seq`, a lease
-`claimed_until` that the worker renews while it is alive). A trigger's first email is created
-claimed by its decision and composed before the job waits for a connection. Right before DATA, the first moment the server could take the message, the worker
-records `smtp_started_at`. From that:
+`claimed_until` that the worker renews while it is alive). A trigger's first email is
+created claimed by its decision and composed before the job waits for a connection. Right
+before DATA, the first moment the server could take the message, the worker records
+`smtp_started_at`. From that:
 
 - a worker that stops (SIGTERM, a cancelled job) before that moment puts the row back to
   `queued` at once; one that dies (SIGKILL) lets its lease run out, and the sweep puts the row
@@ -340,7 +341,7 @@ async def settle(outcome: str | Recording | None) -> str | None:
     return await outcome.finish() if isinstance(outcome, Recording) else outcome
 
 
-async def _deliver(rt: Runtime, message: dict[str, Any], client: Any, ready: Ready | str | None = None) -> str | Recording:
+async def _deliver(rt: Runtime, message: dict[str, Any], client: Any, ready: Ready | None = None) -> str | Recording:
     """Hand a claimed (`sending`) message to SMTP (composed first unless the caller did),
     then record the outcome. A `sent` record is queued before the caller gives the
     connection back, and the next transaction through the same pool place (`Slot`) starts
@@ -426,7 +427,7 @@ async def _after_sent(
     """What sent messages set off: their triggers' outcome, the next resends, the CRM activities."""
     outcomes = [
         {"trigger_id": message["trigger_id"], "outcome": "sent", "why": f"sent to {message['to_address']}"}
-        for message, _campaign in sent if message["kind"] == "initial"
+        for message, _campaign in sent if _decides_trigger(message)
     ]
     if outcomes:
         await connection.execute(_SET_TRIGGER, outcomes)
@@ -685,9 +686,13 @@ async def _finish_failed(
     return "failed"
 
 
-async def _set_trigger(connection: AsyncConnection, message: Any, status: str, reason: str) -> None:
+def _decides_trigger(message: Any) -> bool:
     """Only the initial message decides the trigger's outcome; resends are shown per message."""
-    if message["kind"] != "initial":
+    return message["kind"] == "initial"
+
+
+async def _set_trigger(connection: AsyncConnection, message: Any, status: str, reason: str) -> None:
+    if not _decides_trigger(message):
         return
     await connection.execute(_SET_TRIGGER, {"trigger_id": message["trigger_id"], "outcome": status, "why": reason})
 
