@@ -35,6 +35,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from core.lean import LeanConnection
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (which has no time zones) too."""
@@ -426,8 +428,6 @@ class Database:
             async with self.begin() as connection:
                 yield connection
             return
-        from core.lean import LeanConnection
-
         async with self.engine.connect() as connection:
             pooled = await connection.get_raw_connection()
             driver = pooled.driver_connection
@@ -524,8 +524,6 @@ async def each_returning(connection: Any, statement: Any, rows: list[dict[str, A
     """An UPDATE … RETURNING run for each of `rows`; the rows it returned. On the lean path
     (PostgreSQL) one round trip for all, with asyncpg's `fetchmany`; SQLAlchemy runs an UPDATE
     with RETURNING for one parameter set at a time."""
-    from core.lean import LeanConnection
-
     if isinstance(connection, LeanConnection):
         return (await connection.execute(statement, rows)).all()
     return [row for one in rows for row in (await connection.execute(statement, one)).all()]
